@@ -1,0 +1,332 @@
+"""The data directory: workflows, executions, journals, logs and traces as plain files.
+
+Layout (design.md §4):
+
+    workflows/<wf_id>.json                definition + metadata
+    executions/<exec_id>/execution.json   snapshot, replaced atomically
+    executions/<exec_id>/workflow.json    the exact definition the execution runs
+    executions/<exec_id>/events.jsonl     append-only journal
+    executions/<exec_id>/logs/<step>.log  captured output of every attempt
+    traces/<wf_id>/<exec_id>.json         the seed 000 trace of one run
+
+Every id is checked against an allow-list before it becomes part of a path, every
+write of a whole file is atomic (temp file in the same directory, fsync, rename),
+directories are 0700 and files 0600 whatever the umask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from wfctl.errors import ExecutionNotFound, StoreError, TraceNotFound, UsageError, WorkflowNotFound
+
+SCHEMA_VERSION = 1
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+_WORKFLOW_ID = re.compile(r"wf_[0-9a-z]{4,40}")
+_EXECUTION_ID = re.compile(r"exec_[0-9a-z]{4,40}")
+# Step keys name log files: step ids plus loop indices and team members, e.g. process[3].
+_STEP_KEY = re.compile(r"[A-Za-z0-9_.\-\[\]@]{1,200}")
+
+
+def data_dir() -> Path:
+    """`$WFCTL_HOME`, else the per-user data directory. Resolved per call, never at import."""
+    home = os.environ.get("WFCTL_HOME")
+    if home:
+        return Path(home).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("wfctl", appauthor=False))
+
+
+def new_id(prefix: str) -> str:
+    """A time-sortable id: milliseconds since the epoch in base 36, then 8 random chars."""
+    millis = int(time.time() * 1000)
+    return f"{prefix}_{_base36(millis):0>9}{secrets.token_hex(4)}"
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while number:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+    return out or "0"
+
+
+def is_workflow_id(text: str) -> bool:
+    return bool(_WORKFLOW_ID.fullmatch(text))
+
+
+def check_execution_id(text: str) -> str:
+    if not _EXECUTION_ID.fullmatch(text):
+        raise UsageError(
+            f"'{_printable(text)}' is not an execution id (they look like exec_0mhx3k2a1b2c3d4e)."
+        )
+    return text
+
+
+def check_workflow_id(text: str) -> str:
+    if not _WORKFLOW_ID.fullmatch(text):
+        raise UsageError(f"'{_printable(text)}' is not a workflow id (they look like wf_0mhx3k2a1b2c3d4e).")
+    return text
+
+
+def check_step_key(text: str) -> str:
+    if not _STEP_KEY.fullmatch(text) or text in {".", ".."}:
+        raise UsageError(f"'{_printable(text)}' is not a step id.")
+    return text
+
+
+def _printable(text: str) -> str:
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    return shown.encode("unicode_escape").decode("ascii")
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create `path` (and parents) as 0700 directories; an existing one is left as it is."""
+    try:
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    except OSError as err:
+        raise StoreError(f"cannot create {path}: {err.strerror or err}.") from err
+    return path
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Replace `path` with `data` so a reader sees the old file or the new one, never half.
+
+    The temp file lives in the same directory (rename is only atomic within a file
+    system); it is removed again when anything fails, so no temp file is left behind.
+    """
+    ensure_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        try:
+            os.fchmod(fd, FILE_MODE)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise StoreError(f"cannot write {path}: {err.strerror or err}.") from err
+
+
+def write_json_atomic(path: Path, document: Any, *, sync: bool = True) -> None:
+    data = json.dumps(document, indent=2, ensure_ascii=False, default=str).encode("utf-8") + b"\n"
+    write_bytes_atomic(path, data, sync=sync)
+
+
+def read_json(path: Path) -> Any:
+    # O_NOFOLLOW: a symlink planted in the data directory is never followed.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise StoreError(f"cannot read {path}: {err.strerror or err}.") from err
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read()
+    try:
+        return json.loads(data)
+    except ValueError as err:
+        raise StoreError(f"{path} is not valid JSON ({err}).") from err
+
+
+def open_append(path: Path):
+    """Open a file for appending, created 0600, never through a symlink."""
+    ensure_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    return os.fdopen(fd, "ab", buffering=0)
+
+
+class Store:
+    """All file access to one data directory."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else data_dir()
+
+    # -- paths ---------------------------------------------------------------------------
+    @property
+    def workflows_dir(self) -> Path:
+        return self.root / "workflows"
+
+    @property
+    def executions_dir(self) -> Path:
+        return self.root / "executions"
+
+    @property
+    def traces_dir(self) -> Path:
+        return self.root / "traces"
+
+    def workflow_path(self, workflow_id: str) -> Path:
+        return self.workflows_dir / f"{check_workflow_id(workflow_id)}.json"
+
+    def execution_dir(self, execution_id: str) -> Path:
+        return self.executions_dir / check_execution_id(execution_id)
+
+    def log_path(self, execution_id: str, step_key: str) -> Path:
+        return self.execution_dir(execution_id) / "logs" / f"{check_step_key(step_key)}.log"
+
+    def trace_path(self, workflow_id: str, trace_id: str) -> Path:
+        return self.traces_dir / check_workflow_id(workflow_id) / f"{check_execution_id(trace_id)}.json"
+
+    def init(self) -> None:
+        ensure_dir(self.root)
+        for sub in (self.workflows_dir, self.executions_dir, self.traces_dir):
+            ensure_dir(sub)
+
+    # -- workflows -----------------------------------------------------------------------
+    def save_workflow(self, record: dict) -> None:
+        self.init()
+        write_json_atomic(self.workflow_path(record["workflowId"]), record)
+
+    def load_workflow(self, workflow_id: str) -> dict:
+        try:
+            return read_json(self.workflow_path(workflow_id))
+        except FileNotFoundError:
+            raise WorkflowNotFound(f"no workflow with id {workflow_id}.") from None
+
+    def delete_workflow(self, workflow_id: str) -> None:
+        try:
+            os.unlink(self.workflow_path(workflow_id))
+        except FileNotFoundError:
+            raise WorkflowNotFound(f"no workflow with id {workflow_id}.") from None
+
+    def iter_workflows(self) -> Iterator[dict]:
+        try:
+            names = sorted(os.listdir(self.workflows_dir))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.endswith(".json") and is_workflow_id(name[:-5]):
+                try:
+                    yield read_json(self.workflows_dir / name)
+                except (FileNotFoundError, StoreError):
+                    continue  # deleted meanwhile, or not ours: a listing skips it
+
+    def workflow_lock(self):
+        """An exclusive lock over the workflow registry (name uniqueness on create)."""
+        self.init()
+        return FileLock(self.workflows_dir / ".lock")
+
+    def next_team_turn(self, workflow_id: str, team: str) -> int:
+        """The turn number of a round-robin team in this run: 0, 1, 2, ... across runs."""
+        path = self.root / "teams" / f"{check_workflow_id(workflow_id)}.json"
+        ensure_dir(path.parent)
+        with FileLock(self.root / "teams" / ".lock"):
+            try:
+                turns = read_json(path)
+            except (FileNotFoundError, StoreError):
+                turns = {}
+            turn = int(turns.get(team, 0))
+            turns[team] = turn + 1
+            write_json_atomic(path, turns)
+        return turn
+
+    # -- executions ----------------------------------------------------------------------
+    def create_execution_dir(self, execution_id: str) -> Path:
+        self.init()
+        path = self.execution_dir(execution_id)
+        try:
+            path.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            raise StoreError(f"execution {execution_id} already exists.") from None
+        ensure_dir(path / "logs")
+        return path
+
+    def execution_ids(self) -> list[str]:
+        """Execution ids, newest first (ids sort by creation time)."""
+        try:
+            names = os.listdir(self.executions_dir)
+        except FileNotFoundError:
+            return []
+        return sorted((n for n in names if _EXECUTION_ID.fullmatch(n)), reverse=True)
+
+    def load_snapshot(self, execution_id: str) -> dict:
+        path = self.execution_dir(execution_id) / "execution.json"
+        try:
+            return read_json(path)
+        except FileNotFoundError:
+            raise ExecutionNotFound(f"no execution with id {execution_id}.") from None
+
+    def save_snapshot(self, execution_id: str, document: dict, *, sync: bool = True) -> None:
+        write_json_atomic(self.execution_dir(execution_id) / "execution.json", document, sync=sync)
+
+    def load_frozen_workflow(self, execution_id: str) -> dict:
+        try:
+            return read_json(self.execution_dir(execution_id) / "workflow.json")
+        except FileNotFoundError:
+            raise ExecutionNotFound(f"no execution with id {execution_id}.") from None
+
+    def journal_path(self, execution_id: str) -> Path:
+        return self.execution_dir(execution_id) / "events.jsonl"
+
+    # -- traces --------------------------------------------------------------------------
+    def save_trace(self, workflow_id: str, trace: dict) -> None:
+        path = self.trace_path(workflow_id, trace["id"])
+        write_json_atomic(path, trace)
+
+    def load_trace(self, workflow_id: str, trace_id: str) -> dict:
+        try:
+            return read_json(self.trace_path(workflow_id, trace_id))
+        except FileNotFoundError:
+            raise TraceNotFound(f"no trace {trace_id} for workflow {workflow_id}.") from None
+
+    def trace_ids(self, workflow_id: str) -> list[str]:
+        """Trace ids of one workflow, newest first."""
+        try:
+            names = os.listdir(self.traces_dir / check_workflow_id(workflow_id))
+        except FileNotFoundError:
+            return []
+        ids = [n[:-5] for n in names if n.endswith(".json") and _EXECUTION_ID.fullmatch(n[:-5])]
+        return sorted(ids, reverse=True)
+
+
+class FileLock:
+    """An exclusive flock on a file, held for the life of a `with` block."""
+
+    def __init__(self, path: Path, *, blocking: bool = True) -> None:
+        self.path = path
+        self.blocking = blocking
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+    def __enter__(self) -> "FileLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
