@@ -1,0 +1,444 @@
+"""Agents: the leaf workers that run one attempt of a task step.
+
+Kinds (design.md §1): command (`run:` string or argv list), python (`module:function`),
+http (`http: URL`), and the built-in echo. Each returns an `Outcome` value; a failure
+is a value, never an exception that crosses into the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+# Output kept inline in the execution record; the full text stays in the log file.
+INLINE_OUTPUT_LIMIT = 256 * 1024
+KILL_GRACE_SECONDS = 2.0
+
+
+@dataclass
+class Outcome:
+    """The result of one attempt."""
+
+    ok: bool
+    output: Any = None
+    exit_code: int | None = None
+    error: dict | None = None  # {"kind": failed|timeout|error|cancelled, "message": ...}
+    worker: str | None = None
+
+
+@dataclass
+class AttemptContext:
+    """Everything one attempt of a step needs, built by the engine."""
+
+    step_key: str
+    step_id: str
+    task: str | None
+    inputs: dict
+    execution_id: str
+    workflow_id: str
+    attempt: int
+    scope: Any  # a mapping for templates: state names, input, item, index, steps
+    log_path: Path
+    output_path: Path
+    item: Any = None
+    index: int | None = None
+    in_loop: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    timeout: float | None = None
+    cancelled: Callable[[], bool] = lambda: False
+    on_process: Callable[[subprocess.Popen | None], None] = lambda proc: None
+
+    def context_document(self) -> dict:
+        document = {
+            "task": self.task,
+            "input": self.inputs,
+            "step": self.step_id,
+            "stepKey": self.step_key,
+            "executionId": self.execution_id,
+            "workflowId": self.workflow_id,
+            "attempt": self.attempt,
+        }
+        if self.in_loop:
+            document["item"] = self.item
+            document["index"] = self.index
+        return document
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.execution_id}:{self.step_key}"
+
+
+def failure(kind: str, message: str, exit_code: int | None = None) -> Outcome:
+    return Outcome(ok=False, exit_code=exit_code, error={"kind": kind, "message": message, "exitCode": exit_code})
+
+
+def parse_result(text: str) -> Any:
+    """Output text becomes JSON when it is JSON, else the stripped text; empty is null."""
+    stripped = text.strip()
+    if not stripped:
+        return None
+    if stripped[0] in "{[\"-0123456789tfn":
+        try:
+            return json.loads(stripped)
+        except ValueError:
+            pass
+    return stripped
+
+
+def describe(agent: dict) -> str:
+    if "run" in agent:
+        return "command"
+    if "python" in agent:
+        return "python"
+    if "http" in agent:
+        return "http"
+    return "echo"
+
+
+def run_agent(agent: dict, ctx: AttemptContext) -> Outcome:
+    """Run one attempt with the agent `agent` (a definition dict; {} is echo)."""
+    if "run" in agent:
+        return run_command(agent, ctx)
+    if "python" in agent:
+        return run_python(agent["python"], ctx)
+    if "http" in agent:
+        return run_http(agent, ctx)
+    return Outcome(ok=True, output={"task": ctx.task, "input": ctx.inputs})
+
+
+# -- command agents -------------------------------------------------------------------------
+def _plain(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def build_command(agent: dict, ctx: AttemptContext) -> tuple[list[str], dict[str, str]]:
+    """argv and extra environment; templates never paste values into shell text."""
+    from wfctl.expressions import parse_template
+
+    run = agent["run"]
+    if isinstance(run, list):
+        argv = [parse_template(part).render(ctx.scope) for part in run]
+        return argv, {}
+    template = parse_template(run)
+    if template.is_static:
+        return ["/bin/sh", "-c", run], {}
+    command, values = template.render_shell(ctx.scope)
+    return ["/bin/sh", "-c", command], values
+
+
+def command_environment(agent: dict, ctx: AttemptContext, extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    for key, value in (agent.get("env") or {}).items():
+        env[str(key)] = _plain(value)
+    env.update(ctx.env)
+    env.update(extra)
+    env.update(
+        {
+            "WFCTL_TASK": ctx.task or "",
+            "WFCTL_STEP": ctx.step_id,
+            "WFCTL_STEP_KEY": ctx.step_key,
+            "WFCTL_EXECUTION_ID": ctx.execution_id,
+            "WFCTL_WORKFLOW_ID": ctx.workflow_id,
+            "WFCTL_INPUT": json.dumps(ctx.inputs, separators=(",", ":"), ensure_ascii=False),
+            "WFCTL_OUTPUT": str(ctx.output_path),
+            "WFCTL_ATTEMPT": str(ctx.attempt),
+            "WFCTL_IDEMPOTENCY_KEY": ctx.idempotency_key,
+        }
+    )
+    if ctx.in_loop:
+        env["WFCTL_ITEM"] = _plain(ctx.item)
+        env["WFCTL_INDEX"] = str(ctx.index)
+    return env
+
+
+def run_command(agent: dict, ctx: AttemptContext) -> Outcome:
+    from wfctl.errors import ExpressionError
+
+    try:
+        argv, extra = build_command(agent, ctx)
+    except ExpressionError as err:
+        return failure("error", f"cannot render the command: {err.message}")
+    env = command_environment(agent, ctx, extra)
+    context = json.dumps(ctx.context_document(), ensure_ascii=False, default=str).encode("utf-8")
+    cwd = ctx.cwd or agent.get("cwd")
+    try:
+        ctx.output_path.unlink()
+    except FileNotFoundError:
+        pass
+    log = _open_log(ctx.log_path)
+    try:
+        log.write(f"=== attempt {ctx.attempt} · {_argv_text(argv)}\n".encode("utf-8", "replace"))
+        log.flush()
+        stdin_read, stdin_write = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=stdin_read,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,  # its own process group: we can stop the whole tree
+                close_fds=True,
+            )
+        except OSError as err:
+            os.close(stdin_read)
+            os.close(stdin_write)
+            return failure("error", f"cannot start {argv[0]!r}: {err.strerror or err}.")
+        os.close(stdin_read)
+        ctx.on_process(proc)
+        try:
+            stdout, ended_by = _communicate(proc, stdin_write, context, ctx)
+        finally:
+            ctx.on_process(None)
+        text = stdout.decode("utf-8", "replace")
+        if text:
+            log.write(b"--- stdout ---\n" + stdout + (b"" if stdout.endswith(b"\n") else b"\n"))
+        code = proc.returncode
+        log.write(f"=== exit {code}\n".encode())
+    finally:
+        log.close()
+    if ended_by == "timeout":
+        return failure("timeout", f"timed out after {_seconds(ctx.timeout)}.", code)
+    if ended_by == "cancelled":
+        return failure("cancelled", "cancelled while running.", code)
+    if code != 0:
+        last = _last_line(text) or _last_log_line(ctx.log_path)
+        message = f"exited with code {code}" if code > 0 else f"killed by signal {-code}"
+        return failure("failed", message + (f": {last}" if last else "."), code)
+    result_text = _read_output_file(ctx.output_path)
+    output = parse_result(result_text if result_text is not None else text)
+    return Outcome(ok=True, output=output, exit_code=code)
+
+
+def _communicate(proc: subprocess.Popen, stdin_fd: int, context: bytes, ctx: AttemptContext) -> tuple[bytes, str]:
+    """Feed the context, read stdout, and watch the timeout and cancellation."""
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + ctx.timeout if ctx.timeout else None
+    ended_by = "exit"
+    stdout = proc.stdout
+    assert stdout is not None
+    out_fd = stdout.fileno()
+    os.set_blocking(stdin_fd, False)
+    pending = memoryview(context)
+    selector = selectors.DefaultSelector()
+    selector.register(out_fd, selectors.EVENT_READ)
+    if pending:
+        selector.register(stdin_fd, selectors.EVENT_WRITE)
+    else:
+        os.close(stdin_fd)
+        stdin_fd = -1
+    open_streams = 1
+    try:
+        while open_streams:
+            wait = 0.2
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            for key, _ in selector.select(wait):
+                if key.fd == out_fd:
+                    data = os.read(out_fd, 65536)
+                    if data:
+                        chunks.append(data)
+                    else:
+                        selector.unregister(out_fd)
+                        open_streams -= 1
+                else:
+                    try:
+                        written = os.write(stdin_fd, pending)
+                        pending = pending[written:]
+                    except (BrokenPipeError, BlockingIOError) as err:
+                        if isinstance(err, BrokenPipeError):
+                            pending = pending[:0]
+                    if not pending:
+                        selector.unregister(stdin_fd)
+                        os.close(stdin_fd)
+                        stdin_fd = -1
+            if ctx.cancelled():
+                ended_by = "cancelled"
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                ended_by = "timeout"
+                break
+            if open_streams and proc.poll() is not None:
+                # The command ended but something it started still holds stdout open:
+                # take what is already buffered, then stop waiting for it.
+                chunks.extend(_drain(out_fd))
+                break
+    finally:
+        selector.close()
+        if stdin_fd >= 0:
+            os.close(stdin_fd)
+    if ended_by != "exit":
+        terminate_group(proc)
+    else:
+        proc.wait()
+        _kill_leftovers(proc)
+    stdout.close()
+    return b"".join(chunks), ended_by
+
+
+def _drain(fd: int) -> list[bytes]:
+    os.set_blocking(fd, False)
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return chunks
+
+
+def terminate_group(proc: subprocess.Popen, grace: float = KILL_GRACE_SECONDS) -> None:
+    """SIGTERM the step's process group, then SIGKILL what is left after a grace period."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    _kill_leftovers(proc)
+    proc.wait()
+
+
+def _kill_leftovers(proc: subprocess.Popen) -> None:
+    # Grandchildren left running in the step's group must not outlive the step.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _open_log(path: Path):
+    from wfctl.store import open_append
+
+    return open_append(path)
+
+
+def _argv_text(argv: list[str]) -> str:
+    if argv[:2] == ["/bin/sh", "-c"]:
+        return argv[2]
+    import shlex
+
+    return shlex.join(argv)
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:g}s" if value is not None else "?"
+
+
+def _last_line(text: str) -> str:
+    for line in reversed(text.strip().splitlines()):
+        if line.strip():
+            return line.strip()[:200]
+    return ""
+
+
+def _last_log_line(path: Path) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.path.getsize(path) - 4096))
+            tail = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    for line in reversed(tail.splitlines()):
+        if line.strip() and not line.startswith("==="):
+            return line.strip()[:200]
+    return ""
+
+
+def _read_output_file(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    return data.decode("utf-8", "replace")
+
+
+# -- python agents --------------------------------------------------------------------------
+_CALLABLES: dict[str, Callable] = {}
+
+
+def resolve_python(target: str) -> Callable:
+    """`package.module:function` → the function (imported once, then cached)."""
+    found = _CALLABLES.get(target)
+    if found is not None:
+        return found
+    import importlib
+
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"python agent '{target}' must look like package.module:function")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    function = module
+    for part in attribute.split("."):
+        function = getattr(function, part)
+    if not callable(function):
+        raise ValueError(f"python agent '{target}' is not callable")
+    _CALLABLES[target] = function
+    return function
+
+
+def run_python(target: str, ctx: AttemptContext) -> Outcome:
+    try:
+        function = resolve_python(target)
+    except Exception as err:  # an agent's import can fail in any way; it is reported, not raised
+        return failure("error", f"cannot load python agent '{target}': {type(err).__name__}: {err}")
+    try:
+        return Outcome(ok=True, output=function(ctx.context_document()))
+    except Exception as err:  # the agent's own failure is this attempt's failure
+        message = f"{type(err).__name__}: {err}"
+        with _open_log(ctx.log_path) as log:
+            log.write(f"=== attempt {ctx.attempt} · python {target}\n{message}\n".encode("utf-8", "replace"))
+        return failure("failed", message)
+
+
+# -- http agents ----------------------------------------------------------------------------
+def run_http(agent: dict, ctx: AttemptContext) -> Outcome:
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps(ctx.context_document(), ensure_ascii=False, default=str).encode("utf-8")
+    headers = {"Content-Type": "application/json", "User-Agent": "wfctl"}
+    headers.update({str(k): str(v) for k, v in (agent.get("headers") or {}).items()})
+    request = urllib.request.Request(agent["http"], data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=ctx.timeout or 300) as response:
+            text = response.read().decode("utf-8", "replace")
+            status = response.status
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode("utf-8", "replace")[:500]
+        _log_http(ctx, agent["http"], err.code, detail)
+        return failure("failed", f"HTTP {err.code} from {agent['http']}", err.code)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        return failure("error", f"cannot reach {agent['http']}: {reason}")
+    _log_http(ctx, agent["http"], status, text)
+    return Outcome(ok=True, output=parse_result(text), exit_code=None)
+
+
+def _log_http(ctx: AttemptContext, url: str, status: int, text: str) -> None:
+    with _open_log(ctx.log_path) as log:
+        log.write(f"=== attempt {ctx.attempt} · POST {url} → {status}\n{text}\n".encode("utf-8", "replace"))

@@ -1,0 +1,397 @@
+"""The execution document and how engine events change it.
+
+One reducer, `apply_event`, turns the journal into the execution document of
+design.md §3 (the seed's "Get Execution Status" shape). The runner uses it to keep its
+snapshot, `wfctl execution` and `watch` use it to read a live run from the journal,
+and `resume` uses it to learn which steps already completed. `build_trace` turns a
+finished document into the seed 000 trace.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator
+
+from wfctl.errors import StoreError
+
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "timed_out"})
+ACTIVE_STATUSES = frozenset({"pending", "running", "paused"})
+STEP_DONE = frozenset({"completed", "skipped"})
+
+TRACE_STATUS = {
+    "completed": "executed",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "timed_out": "timed_out",
+    "interrupted": "interrupted",
+}
+STAGE_STATUS = {
+    "completed": "SUCCESS",
+    "failed": "FAILED",
+    "skipped": "SKIPPED",
+    "cancelled": "CANCELLED",
+    "pending": "PENDING",
+    "running": "RUNNING",
+}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def step_type(step: dict) -> str:
+    return step.get("type") or "task"
+
+
+def branch_steps(value: Any) -> list[dict]:
+    """`then`/`else` may be one step or a list of steps."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    return [value]
+
+
+def agent_label(step: dict) -> str | None:
+    if step_type(step) == "task":
+        if step.get("agent"):
+            return step["agent"]
+        return "run" if step.get("run") is not None else None
+    if step_type(step) == "team":
+        return step.get("teamId")
+    return None
+
+
+def skeleton_step(step: dict) -> dict:
+    """The pending record of a step and its statically known children."""
+    kind = step_type(step)
+    record: dict[str, Any] = {"id": step["id"], "type": kind, "status": "pending"}
+    agent = agent_label(step)
+    if agent is not None:
+        record["agent"] = agent
+    children: list[dict] = []
+    if kind == "parallel":
+        children = [skeleton_step(child) for child in step.get("steps", [])]
+    elif kind == "conditional":
+        children = [skeleton_step(child) for child in branch_steps(step.get("then"))]
+        children += [skeleton_step(child) for child in branch_steps(step.get("else"))]
+    if kind in ("parallel", "conditional", "loop", "team"):
+        record["steps"] = children
+    return record
+
+
+def new_document(
+    *,
+    execution_id: str,
+    workflow: dict,
+    workflow_id: str,
+    input: dict,
+    priority: str,
+) -> dict:
+    steps = [skeleton_step(step) for step in workflow["steps"]]
+    return {
+        "executionId": execution_id,
+        "workflowId": workflow_id,
+        "workflowName": workflow.get("name"),
+        "status": "pending",
+        "currentStep": None,
+        "progress": {"completed": 0, "total": len(steps), "percentage": 0},
+        "steps": steps,
+        "startedAt": None,
+        "completedAt": None,
+        "estimatedCompletion": None,
+        "priority": priority,
+        "input": input,
+    }
+
+
+def index_steps(steps: Iterable[dict], parent: str | None = None, index: dict | None = None) -> dict:
+    """key → (record, parent key) for every record in the tree."""
+    index = {} if index is None else index
+    for record in steps:
+        index[record["id"]] = (record, parent)
+        if "steps" in record:
+            index_steps(record["steps"], record["id"], index)
+    return index
+
+
+def walk(steps: Iterable[dict]) -> Iterator[dict]:
+    for record in steps:
+        yield record
+        if "steps" in record:
+            yield from walk(record["steps"])
+
+
+class ExecutionState:
+    """An execution document with an index of its step records, changed by events."""
+
+    def __init__(self, document: dict) -> None:
+        self.document = document
+        self.index = index_steps(document["steps"])
+        self.top_level = {record["id"] for record in document["steps"]}
+        self.events = 0
+
+    def apply(self, event: dict) -> None:
+        self.events += 1
+        kind = event["type"]
+        handler = _HANDLERS.get(kind)
+        if handler is not None:
+            handler(self, event)
+
+    def record(self, key: str) -> dict | None:
+        entry = self.index.get(key)
+        return entry[0] if entry else None
+
+    def _record_for(self, event: dict) -> dict:
+        key = event["step"]
+        entry = self.index.get(key)
+        if entry is not None:
+            return entry[0]
+        # Loop iterations and team members are only known once they start.
+        record = {"id": key, "type": event.get("stepType", "task"), "status": "pending"}
+        if event.get("stepType") in ("parallel", "conditional", "loop", "team"):
+            record["steps"] = []
+        parent_key = event.get("parent")
+        parent_entry = self.index.get(parent_key) if parent_key else None
+        if parent_entry is None:
+            self.document["steps"].append(record)
+        else:
+            parent_entry[0].setdefault("steps", []).append(record)
+        self.index[key] = (record, parent_key)
+        return record
+
+    def _progress(self) -> None:
+        steps = self.document["steps"]
+        done = sum(1 for record in steps if record["status"] in STEP_DONE)
+        total = len(steps)
+        self.document["progress"] = {
+            "completed": done,
+            "total": total,
+            "percentage": int(done * 100 / total) if total else 100,
+        }
+
+
+def _execution_started(state: ExecutionState, event: dict) -> None:
+    doc = state.document
+    doc["status"] = "running"
+    if not doc.get("startedAt"):
+        doc["startedAt"] = event["at"]
+    doc["completedAt"] = None
+    doc.pop("cancelReason", None)
+    doc.pop("error", None)
+    if event.get("estimatedCompletion") is not None:
+        doc["estimatedCompletion"] = event["estimatedCompletion"]
+
+
+def _execution_finished(state: ExecutionState, event: dict) -> None:
+    doc = state.document
+    doc["status"] = event["status"]
+    doc["completedAt"] = event["at"]
+    doc["currentStep"] = None
+    if event.get("error"):
+        doc["error"] = event["error"]
+    if event.get("reason") is not None:
+        doc["cancelReason"] = event["reason"]
+    state._progress()
+
+
+def _step_started(state: ExecutionState, event: dict) -> None:
+    record = state._record_for(event)
+    record["status"] = "running"
+    record.setdefault("startedAt", event["at"])
+    for stale in ("completedAt", "duration", "error"):
+        record.pop(stale, None)
+    if event.get("agent") is not None:
+        record["agent"] = event["agent"]
+    if "attempt" in event:
+        attempts = record.setdefault("attempts", [])
+        attempts.append({"attempt": event["attempt"], "status": "running", "startedAt": event["at"]})
+    if "total" in event:
+        record["total"] = event["total"]
+    state.document["currentStep"] = event["step"]
+
+
+def _attempt_end(record: dict, event: dict, status: str) -> None:
+    attempts = record.get("attempts")
+    if not attempts or attempts[-1]["status"] != "running":
+        return
+    attempt = attempts[-1]
+    attempt["status"] = status
+    attempt["completedAt"] = event["at"]
+    if event.get("attemptDuration") is not None:
+        attempt["duration"] = event["attemptDuration"]
+    if event.get("exitCode") is not None:
+        attempt["exitCode"] = event["exitCode"]
+    if event.get("error"):
+        attempt["error"] = event["error"]
+    if event.get("worker"):
+        attempt["worker"] = event["worker"]
+
+
+def _attempt_failed(state: ExecutionState, event: dict) -> None:
+    record = state.record(event["step"])
+    if record is not None:
+        _attempt_end(record, event, "failed")
+        if event.get("retryIn") is not None:
+            record["attempts"][-1]["retryIn"] = event["retryIn"]
+
+
+def _step_finished(state: ExecutionState, event: dict) -> None:
+    record = state._record_for(event)
+    status = event["status"]
+    record["status"] = status
+    if status != "skipped" or "startedAt" in record:
+        record["completedAt"] = event["at"]
+    if event.get("duration") is not None:
+        record["duration"] = event["duration"]
+    if "output" in event:
+        output = event["output"]
+        name = event.get("outputName")
+        # The seed keys a step's output by its output name: {"research-data": ...}.
+        record["output"] = {name: output} if name else output
+    if event.get("error"):
+        record["error"] = event["error"]
+    if event.get("member"):
+        record["member"] = event["member"]
+    _attempt_end(record, event, "completed" if status == "completed" else "failed")
+    if state.document.get("currentStep") == event["step"]:
+        state.document["currentStep"] = None
+    if event["step"] in state.top_level:
+        state._progress()
+
+
+def _step_reset(state: ExecutionState, event: dict) -> None:
+    """A step made pending again (retry of a failed step, resume of an interrupted one)."""
+    record = state.record(event["step"])
+    if record is None:
+        return
+    record["status"] = "pending"
+    for stale in ("completedAt", "duration", "error", "output"):
+        record.pop(stale, None)
+    if state.document.get("currentStep") == event["step"]:
+        state.document["currentStep"] = None
+    state._progress()
+
+
+def _execution_status(state: ExecutionState, event: dict) -> None:
+    state.document["status"] = event["status"]
+    if event.get("reason") is not None:
+        state.document["cancelReason"] = event["reason"]
+
+
+_HANDLERS = {
+    "execution.started": _execution_started,
+    "execution.finished": _execution_finished,
+    "execution.status": _execution_status,
+    "step.started": _step_started,
+    "step.finished": _step_finished,
+    "attempt.failed": _attempt_failed,
+    "step.reset": _step_reset,
+}
+
+
+def output_value(record: dict, step: dict) -> Any:
+    """The raw result of a completed step, undoing the seed's {name: value} wrapping."""
+    output = record.get("output")
+    name = step.get("output")
+    if name and isinstance(output, dict) and set(output) == {name}:
+        return output[name]
+    return output
+
+
+# -- journal ------------------------------------------------------------------------------
+def read_journal(data: bytes, *, source: str = "events.jsonl") -> tuple[list[dict], int]:
+    """Parse journal bytes into events; returns (events, length of the intact part).
+
+    A torn last line (a runner killed in the middle of an append) is ignored; a line
+    that does not parse anywhere else means the journal is corrupt.
+    """
+    events: list[dict] = []
+    position = 0
+    length = len(data)
+    line_number = 0
+    while position < length:
+        end = data.find(b"\n", position)
+        line_number += 1
+        if end == -1:
+            break  # torn tail: no newline yet
+        line = data[position:end]
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            raise StoreError(f"{source} is corrupt at line {line_number}.") from None
+        position = end + 1
+    return events, position
+
+
+def build_trace(document: dict, workflow: dict, stages_input: dict | None = None) -> dict:
+    """The seed 000 trace of one finished run."""
+    stages = []
+    definitions = _definitions_by_id(workflow)
+    for record in walk(document["steps"]):
+        base_id = record["id"].split("[", 1)[0].split("@", 1)[0]
+        definition = definitions.get(base_id, {})
+        stage: dict[str, Any] = {
+            "node_name": record["id"],
+            "status": STAGE_STATUS.get(record["status"], record["status"].upper()),
+            "duration": record.get("duration", 0.0),
+            "type": record.get("type", "task"),
+            "input": definition.get("input"),
+            "output": record.get("output"),
+            "attempts": record.get("attempts", []),
+        }
+        if record.get("agent"):
+            stage["agent"] = record["agent"]
+        if record.get("error"):
+            stage["error"] = record["error"]
+        stages.append(stage)
+    status = TRACE_STATUS.get(document["status"], document["status"])
+    return {
+        "id": document["executionId"],
+        "workflow_id": document["workflowId"],
+        "uuid": str(uuid.uuid4()),
+        "run_date": (document.get("startedAt") or now_iso()).replace("Z", "+00:00"),
+        "status": status,
+        "execution_id": document["executionId"],
+        "duration": _duration(document),
+        "response": {
+            "input": document.get("input", {}),
+            "result": {"workflow_status": status},
+            "stages": stages,
+        },
+    }
+
+
+def _duration(document: dict) -> float | None:
+    if document.get("startedAt") and document.get("completedAt"):
+        delta = parse_iso(document["completedAt"]) - parse_iso(document["startedAt"])
+        return round(delta.total_seconds(), 4)
+    return None
+
+
+def _definitions_by_id(workflow: dict) -> dict[str, dict]:
+    found: dict[str, dict] = {}
+
+    def visit(steps: Iterable[dict]) -> None:
+        for step in steps:
+            found[step["id"]] = step
+            kind = step_type(step)
+            if kind == "parallel":
+                visit(step.get("steps", []))
+            elif kind == "conditional":
+                visit(branch_steps(step.get("then")))
+                visit(branch_steps(step.get("else")))
+            elif kind == "loop" and isinstance(step.get("step"), dict):
+                visit([step["step"]])
+            fallback = (step.get("errorHandling") or {}).get("fallback")
+            if isinstance(fallback, dict):
+                visit([fallback])
+
+    visit(workflow.get("steps", []))
+    return found

@@ -1,0 +1,214 @@
+"""Registered workflows: create, update, look up, list and delete.
+
+A workflow is named by its id (`wf_...`) or by its exact name; names are unique.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from wfctl.errors import Conflict, UsageError, WorkflowNotFound
+from wfctl.record import branch_steps, now_iso, step_type
+from wfctl.store import Store, is_workflow_id, new_id
+
+WORKFLOW_STATUSES = ("draft", "active")
+# Keys of a definition shown at the top level of `show`, after the seed's fields.
+SEED_FIELDS = ("workflowId", "name", "description", "category", "steps", "status", "createdAt")
+
+
+def count_tasks(steps: Iterable[dict]) -> int:
+    """Steps that do work (tasks and team steps), however deeply nested."""
+    total = 0
+    for step in steps:
+        kind = step_type(step)
+        if kind in ("task", "team"):
+            total += 1
+        elif kind == "parallel":
+            total += count_tasks(step.get("steps", []))
+        elif kind == "conditional":
+            total += count_tasks(branch_steps(step.get("then")) + branch_steps(step.get("else")))
+        elif kind == "loop" and isinstance(step.get("step"), dict):
+            total += count_tasks([step["step"]])
+    return total
+
+
+def present(record: dict) -> dict:
+    """The seed 004 create response's `data` object, plus the rest of the definition."""
+    definition = record["definition"]
+    shown: dict[str, Any] = {
+        "workflowId": record["workflowId"],
+        "name": definition.get("name"),
+        "description": definition.get("description"),
+        "category": definition.get("category"),
+        "steps": definition.get("steps", []),
+        "status": record.get("status", "draft"),
+        "createdAt": record.get("createdAt"),
+        "updatedAt": record.get("updatedAt"),
+        "version": record.get("version", 1),
+        "errorHandling": definition.get("errorHandling"),
+        "timeout": definition.get("timeout"),
+    }
+    for key, value in definition.items():
+        shown.setdefault(key, value)
+    if record.get("source"):
+        shown["source"] = record["source"]
+    return shown
+
+
+def list_element(record: dict) -> dict:
+    """One element of the seed 000 workflow list."""
+    definition = record["definition"]
+    return {
+        "id": record["workflowId"],
+        "name": definition.get("name"),
+        "active": record.get("status") == "active",
+        "tasks_count": count_tasks(definition.get("steps", [])),
+        "description": definition.get("description"),
+        "status": record.get("status", "draft"),
+        "category": definition.get("category"),
+        "createdAt": record.get("createdAt"),
+    }
+
+
+class Registry:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def find_by_name(self, name: str) -> dict | None:
+        for record in self.store.iter_workflows():
+            if record.get("definition", {}).get("name") == name:
+                return record
+        return None
+
+    def resolve(self, ref: str) -> dict:
+        """A workflow by id or exact name."""
+        if is_workflow_id(ref):
+            try:
+                return self.store.load_workflow(ref)
+            except WorkflowNotFound:
+                pass
+        record = self.find_by_name(ref)
+        if record is None:
+            raise WorkflowNotFound(f"no workflow with id or name '{_short(ref)}' (see `wfctl list`).")
+        return record
+
+    def register(self, definition: dict, *, source: Path | None, update: bool) -> tuple[dict, bool]:
+        """Store a validated definition. Returns (record, created).
+
+        With `update`, a definition whose name is registered becomes that workflow's
+        next version; without it, a taken name is a conflict.
+        """
+        name = definition["name"]
+        with self.store.workflow_lock():
+            existing = self.find_by_name(name)
+            now = now_iso()
+            if existing is not None:
+                if not update:
+                    raise Conflict(
+                        f"a workflow named '{name}' already exists ({existing['workflowId']}); "
+                        "use --update to make this its next version."
+                    )
+                if existing["definition"] == definition:
+                    return existing, False
+                existing["definition"] = definition
+                existing["version"] = int(existing.get("version", 1)) + 1
+                existing["updatedAt"] = now
+                if source is not None:
+                    existing["source"] = str(source)
+                self.store.save_workflow(existing)
+                return existing, False
+            record = {
+                "schemaVersion": 1,
+                "workflowId": new_id("wf"),
+                "status": "draft",
+                "version": 1,
+                "createdAt": now,
+                "updatedAt": now,
+                "source": str(source) if source is not None else None,
+                "definition": definition,
+            }
+            self.store.save_workflow(record)
+            return record, True
+
+    def mark_active(self, workflow_id: str) -> None:
+        """A workflow that has run is `active`; until then it is a `draft`."""
+        with self.store.workflow_lock():
+            try:
+                record = self.store.load_workflow(workflow_id)
+            except WorkflowNotFound:
+                return  # deleted while it ran: its executions stay readable
+            if record.get("status") != "active":
+                record["status"] = "active"
+                self.store.save_workflow(record)
+
+    def delete(self, ref: str) -> dict:
+        record = self.resolve(ref)
+        self.store.delete_workflow(record["workflowId"])
+        return record
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        category: str | None = None,
+        page: int = 1,
+        size: int | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> dict:
+        """The seed 000 list envelope, paginated by page/size or by limit/offset."""
+        if status is not None and status not in WORKFLOW_STATUSES:
+            raise UsageError(f"--status must be one of {', '.join(WORKFLOW_STATUSES)}, not '{status}'.")
+        records = [
+            r
+            for r in self.store.iter_workflows()
+            if (status is None or r.get("status", "draft") == status)
+            and (category is None or r["definition"].get("category") == category)
+        ]
+        records.sort(key=lambda r: (r.get("createdAt") or "", r["workflowId"]))
+        return paginate(
+            "Workflow", [list_element(r) for r in records], page=page, size=size, limit=limit, offset=offset, default_size=50
+        )
+
+
+def paginate(
+    entities: str,
+    elements: list,
+    *,
+    page: int = 1,
+    size: int | None,
+    limit: int | None = None,
+    offset: int | None = None,
+    default_size: int,
+) -> dict:
+    count = len(elements)
+    if limit is not None or offset is not None:
+        per_page = _bounded(limit if limit is not None else default_size, "--limit")
+        start = offset or 0
+        if start < 0:
+            raise UsageError("--offset must be 0 or more.")
+        current = start // per_page + 1
+    else:
+        per_page = _bounded(size if size is not None else default_size, "--size")
+        if page < 1:
+            raise UsageError("--page starts at 1.")
+        current = page
+        start = (page - 1) * per_page
+    return {
+        "entities": entities,
+        "count": count,
+        "per_page": per_page,
+        "pages": {"current": current, "max": max(1, -(-count // per_page))},
+        "elements": elements[start : start + per_page],
+    }
+
+
+def _bounded(value: int, option: str) -> int:
+    if value < 1 or value > 100:
+        raise UsageError(f"{option} must be between 1 and 100, not {value}.")
+    return value
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,81 @@
+"""Error-handling policy: which failures are retried, and how long to wait before each retry.
+
+`backoff_delay` is a pure function so it can be tested without waiting; the engine
+does the waiting, interruptibly.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_DELAY = 1.0
+DEFAULT_MAX_DELAY = 60.0
+
+
+@dataclass(frozen=True)
+class Policy:
+    strategy: str = "fail"  # retry | fallback | fail | continue
+    max_retries: int = 0  # retries after the first attempt
+    backoff: str = "exponential"  # exponential | linear | fixed
+    delay: float = DEFAULT_DELAY
+    max_delay: float = DEFAULT_MAX_DELAY
+    jitter: bool = False
+    retry_on: tuple[str, ...] = ("failed", "timeout")
+    max_duration: float | None = None
+
+    @property
+    def attempts(self) -> int:
+        return 1 + self.max_retries
+
+    def retries(self, kind: str, exit_code: int | None) -> bool:
+        """Is a failure of this kind (failed, timeout, error) one this policy retries?"""
+        if kind not in ("failed", "timeout"):
+            return False  # errors (agent missing, bad template) are never retried
+        for rule in self.retry_on:
+            if rule == kind:
+                return True
+            if rule.startswith("exit:") and kind == "failed" and exit_code is not None:
+                if rule[5:].lstrip("-").isdigit() and int(rule[5:]) == exit_code:
+                    return True
+        return False
+
+
+def policy_for(workflow_policy: dict | None, step_policy: dict | None) -> Policy:
+    """The step's policy: its own errorHandling over the workflow's, field by field."""
+    merged = dict(workflow_policy or {})
+    merged.update(step_policy or {})
+    strategy = merged.get("strategy", "fail")
+    default_retries = DEFAULT_MAX_RETRIES if strategy == "retry" else 0
+    retry_on = merged.get("retryOn")
+    return Policy(
+        strategy=strategy,
+        max_retries=int(merged.get("maxRetries", default_retries)),
+        backoff=merged.get("backoff", "exponential"),
+        delay=float(merged.get("delay", DEFAULT_DELAY)),
+        max_delay=float(merged.get("maxDelay", DEFAULT_MAX_DELAY)),
+        jitter=bool(merged.get("jitter", False)),
+        retry_on=tuple(retry_on) if retry_on else ("failed", "timeout"),
+        max_duration=float(merged["maxDuration"]) if merged.get("maxDuration") else None,
+    )
+
+
+def backoff_delay(policy: Policy, retry: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait before retry number `retry` (1 for the first retry).
+
+    exponential: delay·2^(retry-1); linear: delay·retry; fixed: delay. Capped at
+    max_delay; with jitter, a uniformly random share of that ("full jitter").
+    """
+    if retry < 1:
+        return 0.0
+    if policy.backoff == "fixed":
+        wait = policy.delay
+    elif policy.backoff == "linear":
+        wait = policy.delay * retry
+    else:
+        wait = policy.delay * (2 ** min(retry - 1, 62))
+    wait = min(wait, policy.max_delay)
+    if policy.jitter:
+        wait = (rng or random).uniform(0, wait)
+    return wait
