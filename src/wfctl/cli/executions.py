@@ -1,0 +1,151 @@
+"""execute, execution, executions, logs: running workflows and reading their runs."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from wfctl.cli.options import Json
+from wfctl.cli.output import emit_json, say, stdout_console
+from wfctl.errors import UsageError
+
+
+def parse_input(text: str | None) -> dict[str, Any]:
+    """--input: a JSON object, `@file.json`, or `-` for standard input."""
+    if text is None:
+        return {}
+    source = "--input"
+    if text == "-":
+        raw = sys.stdin.read()
+        source = "--input from standard input"
+    elif text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise UsageError(f"cannot read --input file {path}: {err.strerror or err}.") from err
+        source = f"--input file {path}"
+    else:
+        raw = text
+    try:
+        value = jsonlib.loads(raw)
+    except ValueError as err:
+        raise UsageError(f"{source} is not valid JSON: {err}.") from err
+    if not isinstance(value, dict):
+        raise UsageError(f"{source} must be a JSON object, not {type(value).__name__}.")
+    return value
+
+
+def execute(
+    workflow: Annotated[str, typer.Argument(help="A workflow id, exact name, or workflow file (registered on the way).")],
+    input: Annotated[
+        Optional[str], typer.Option("--input", "-i", help="The input: a JSON object, @file.json, or - for stdin.")
+    ] = None,
+    priority: Annotated[str, typer.Option(help="low, normal or high.")] = "normal",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Replace every agent by echo: show the path a run would take.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    json: Json = False,
+) -> None:
+    """Run a workflow and show its steps live; the exit code is the execution's."""
+    from wfctl import api
+    from wfctl.cli.live import progress_display
+
+    given = parse_input(input)
+    display = progress_display(quiet=quiet, json_mode=json)
+    with display:
+        document = api.execute(
+            workflow, given, priority=priority, dry_run=dry_run, on_event=display, on_start=display.start
+        )
+    if json:
+        emit_json(document)
+    else:
+        from wfctl.render import summary_text
+
+        typer.echo(document["executionId"])
+        if not quiet:
+            say(summary_text(document))
+    code = api.exit_code_for(document)
+    if code:
+        raise typer.Exit(int(code))
+
+
+def execution(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC", help="An execution id.")],
+    json: Json = False,
+) -> None:
+    """Show an execution: status, progress, current step, every step with times, attempts and output."""
+    from wfctl import api
+    from wfctl.render import execution_table
+
+    document = api.get_execution(execution_id)
+    if json:
+        emit_json(document)
+        return
+    console = stdout_console()
+    console.print(f"{document['executionId']} · {document.get('workflowName')} ({document.get('workflowId')})")
+    console.print(f"status {document['status']} · started {document.get('startedAt')} · completed {document.get('completedAt')}")
+    if document.get("error"):
+        console.print(f"error at {document['error'].get('step')}: {document['error'].get('message')}", markup=False)
+    if document.get("cancelReason"):
+        console.print(f"cancelled: {document['cancelReason']}", markup=False)
+    console.print(execution_table(document))
+
+
+def executions(
+    workflow: Annotated[Optional[str], typer.Option(help="Only runs of this workflow (id or name).")] = None,
+    status: Annotated[Optional[str], typer.Option(help="Only runs with this status.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
+    json: Json = False,
+) -> None:
+    """List executions, newest first."""
+    from wfctl import api
+
+    envelope = api.list_executions(workflow=workflow, status=status, limit=limit)
+    if json:
+        emit_json(envelope)
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("execution", "workflow", "status", "progress", "started"):
+        table.add_column(column, no_wrap=True)
+    for element in envelope["elements"]:
+        progress = element.get("progress") or {}
+        table.add_row(
+            element["executionId"],
+            element.get("workflowName") or "",
+            element.get("status") or "",
+            f"{progress.get('completed', 0)}/{progress.get('total', 0)}",
+            (element.get("startedAt") or "")[:19],
+        )
+    stdout_console().print(table)
+
+
+def logs(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC", help="An execution id.")],
+    step: Annotated[Optional[str], typer.Argument(help="A step id (all its loop iterations and team members).")] = None,
+    json: Json = False,
+) -> None:
+    """Print the captured output of a step's attempts (every step's without STEP)."""
+    from wfctl import api
+
+    document = api.logs(execution_id, step)
+    if json:
+        emit_json(document)
+        return
+    for entry in document["logs"]:
+        if len(document["logs"]) > 1 or step is None:
+            sys.stdout.write(f"##### {entry['step']}\n")
+        sys.stdout.write(entry["log"])
+    sys.stdout.flush()
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(execute)
+    app.command()(execution)
+    app.command()(executions)
+    app.command()(logs)

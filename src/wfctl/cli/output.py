@@ -1,0 +1,58 @@
+"""Where output goes: data on stdout, people's messages on stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+
+def emit_json(document: Any) -> None:
+    """One JSON document on stdout, never through Rich (which would eat `[...]`)."""
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def say(text: str) -> None:
+    """A message for people, on stderr."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def stdout_console():
+    """A Rich console for human tables on stdout; plain text when not a terminal."""
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(highlight=False, width=max(120, _columns()), no_color=True, force_terminal=False)
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _columns() -> int:
+    try:
+        return int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        return 0
+
+
+def report_error(err: BaseException, *, json_mode: bool, internal: bool = False) -> None:
+    from wfctl.errors import WorkflowInvalid
+
+    message = getattr(err, "message", None) or str(err) or type(err).__name__
+    if internal:
+        message = f"internal error: {type(err).__name__}: {message} (set WFCTL_DEBUG=1 for details)"
+    say(f"wfctl: error: {message}")
+    if json_mode:
+        document: dict[str, Any] = {"error": getattr(err, "seed_message", None) or message}
+        if getattr(err, "seed_message", None):
+            document["detail"] = message
+        if isinstance(err, WorkflowInvalid):
+            document["problems"] = [p.to_dict() for p in err.problems]
+        emit_json(document)
