@@ -126,6 +126,13 @@ def resolve_workflow(ref: str) -> dict:
     return registry.resolve(ref)
 
 
+def definition_of(ref: str) -> dict:
+    """The definition of a registered workflow, or of a workflow file (not registered)."""
+    if _looks_like_file(ref) and Path(ref).exists():
+        return _load_definition(ref)[0]
+    return Registry(_store()).resolve(ref)["definition"]
+
+
 # -- executions -----------------------------------------------------------------------------
 def execute(
     workflow: str,

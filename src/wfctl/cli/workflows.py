@@ -123,6 +123,20 @@ def schema() -> None:
     emit_json(workflow_schema())
 
 
+def graph(
+    workflow: Annotated[str, typer.Argument(metavar="WF", help="A workflow id, exact name, or workflow file.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="mermaid or dot.")] = "mermaid",
+) -> None:
+    """Print the workflow as a Mermaid (default) or Graphviz DOT graph."""
+    from wfctl import api
+    from wfctl.errors import UsageError
+    from wfctl.graph import render
+
+    if format not in ("mermaid", "dot"):
+        raise UsageError(f"--format must be mermaid or dot, not '{format}'.")
+    typer.echo(render(api.definition_of(workflow), format), nl=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(validate)
     app.command()(create)
@@ -130,3 +144,4 @@ def register(app: typer.Typer) -> None:
     app.command()(show)
     app.command()(delete)
     app.command()(schema)
+    app.command()(graph)
