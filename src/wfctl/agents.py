@@ -406,6 +406,21 @@ def run_python(target: str, ctx: AttemptContext) -> Outcome:
         function = resolve_python(target)
     except Exception as err:  # an agent's import can fail in any way; it is reported, not raised
         return failure("error", f"cannot load python agent '{target}': {type(err).__name__}: {err}")
+    if ctx.timeout is None:
+        return _call_python(target, function, ctx)
+    # A thread cannot be killed: on a timeout the attempt fails and the call is abandoned.
+    import threading
+
+    box: list[Outcome] = []
+    worker = threading.Thread(target=lambda: box.append(_call_python(target, function, ctx)), daemon=True)
+    worker.start()
+    worker.join(ctx.timeout)
+    if not box:
+        return failure("timeout", f"timed out after {_seconds(ctx.timeout)}.")
+    return box[0]
+
+
+def _call_python(target: str, function: Callable, ctx: AttemptContext) -> Outcome:
     try:
         return Outcome(ok=True, output=function(ctx.context_document()))
     except Exception as err:  # the agent's own failure is this attempt's failure
@@ -434,6 +449,8 @@ def run_http(agent: dict, ctx: AttemptContext) -> Outcome:
         return failure("failed", f"HTTP {err.code} from {agent['http']}", err.code)
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
+        if isinstance(reason, TimeoutError) or isinstance(err, TimeoutError):
+            return failure("timeout", f"no answer from {agent['http']} within {_seconds(ctx.timeout or 300)}.")
         return failure("error", f"cannot reach {agent['http']}: {reason}")
     _log_http(ctx, agent["http"], status, text)
     return Outcome(ok=True, output=parse_result(text), exit_code=None)

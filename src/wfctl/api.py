@@ -13,12 +13,12 @@ shapes, and failures are `wfctl.errors.WfctlError` subclasses carrying an exit c
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from wfctl.config import Config
 from wfctl.errors import (
+    Conflict,
     ExitCode,
     NotYetSupported,
     Problem,
@@ -26,7 +26,7 @@ from wfctl.errors import (
     UsageError,
     WorkflowInvalid,
 )
-from wfctl.record import TERMINAL_STATUSES, ExecutionState, new_document, now_iso, parse_iso, read_journal, walk
+from wfctl.record import ExecutionState, new_document, read_journal, walk
 from wfctl.registry import Registry, paginate, present
 from wfctl.store import Store, check_execution_id, check_step_key, new_id
 
@@ -140,15 +140,17 @@ def execute(
     *,
     priority: str = "normal",
     dry_run: bool = False,
+    notify: Mapping[str, str] | None = None,
     on_event: Listener | None = None,
     on_start: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run a workflow to its end in this process; returns the execution document.
 
-    `on_event(event, state)` sees every engine event as it happens (the live table).
+    `on_event(event, state)` sees every engine event as it happens (the live table);
+    `notify` holds command-line notification targets (email, slack, webhook).
     """
-    from wfctl.engine import Engine, Settings
-    from wfctl.runner import Recorder, estimate_duration, interrupt_handlers, runner_lock, write_trace
+    from wfctl.runner import runner_lock, run_execution
+    from wfctl.store import write_json_atomic
     from wfctl.validate import check_execution_input, validate_mapping
 
     if priority not in PRIORITIES:
@@ -165,16 +167,19 @@ def execute(
         problems = validate_mapping(definition, file=name, known_agents=known_agents, known_teams=known_teams)
         if problems:
             raise WorkflowInvalid(problems)
-    given = dict(input or {})
-    run_input = check_execution_input(definition, given, file=name)
+    run_input = check_execution_input(definition, dict(input or {}), file=name)
 
     execution_id = new_id("exec")
     exec_dir = store.create_execution_dir(execution_id)
-    from wfctl.store import write_json_atomic
-
+    options = {"dryRun": dry_run, "notify": {k: v for k, v in (notify or {}).items() if v is not None}}
     write_json_atomic(
         exec_dir / "workflow.json",
-        {"workflowId": record["workflowId"], "version": record.get("version", 1), "definition": definition},
+        {
+            "workflowId": record["workflowId"],
+            "version": record.get("version", 1),
+            "options": options,
+            "definition": definition,
+        },
     )
     document = new_document(
         execution_id=execution_id,
@@ -187,43 +192,117 @@ def execute(
         document["dryRun"] = True
     store.save_snapshot(execution_id, document)
     state = ExecutionState(document)
-    registry = Registry(store)
     with runner_lock(store, execution_id):
-        recorder = Recorder(store, execution_id, state)
-        if on_event is not None:
-            recorder.listeners.append(on_event)
-        settings = Settings(
-            execution_id=execution_id,
-            workflow_id=record["workflowId"],
-            log_dir=exec_dir / "logs",
-            output_dir=exec_dir / "logs",
-            agents={**config.agents, **(definition.get("agents") or {})},
-            teams={**config.teams, **(definition.get("teams") or {})},
-            max_concurrency=int(config.default("max_concurrency") or 4),
-            dry_run=dry_run,
-            team_turn=lambda team: store.next_team_turn(record["workflowId"], team),
+        run_execution(
+            store, execution_id, definition, state, run_input,
+            _run_options(config, options, on_event=on_event, on_start=on_start),
         )
-        engine = Engine(definition, settings, recorder)
-        estimate = estimate_duration(store, record["workflowId"])
-        started = {}
-        if estimate is not None:
-            started["estimatedCompletion"] = _iso_after(now_iso(), estimate)
-        if on_start is not None:
-            on_start(state.document)
-        try:
-            with interrupt_handlers(lambda: engine.cancel("interrupted by Ctrl-C", status="interrupted")):
-                engine.run(run_input, started=started)
-        finally:
-            recorder.close()
-        if not dry_run:
-            registry.mark_active(record["workflowId"])
-        write_trace(store, state.document, definition)
+    if not dry_run:
+        Registry(store).mark_active(record["workflowId"])
     return public_document(state.document)
 
 
-def _iso_after(start: str, seconds: float) -> str:
-    moment = parse_iso(start) + timedelta(seconds=seconds)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+def _run_options(config: Config, options: dict, **listeners: Any):
+    from wfctl.runner import RunOptions
+
+    return RunOptions(
+        dry_run=bool(options.get("dryRun")),
+        notify=dict(options.get("notify") or {}),
+        max_concurrency=int(config.default("max_concurrency") or 4),
+        agents=dict(config.agents),
+        teams=dict(config.teams),
+        config=config.data,
+        **listeners,
+    )
+
+
+RETRYABLE_EXECUTIONS = ("failed", "cancelled", "timed_out", "interrupted")
+RETRYABLE_STEPS = ("failed", "cancelled", "pending")
+
+
+def retry_step(
+    execution_id: str,
+    step: str,
+    *,
+    on_event: Listener | None = None,
+    on_start: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run a failed step again and continue the execution from there to its end.
+
+    Every step that completed keeps its output and is not run again; the new attempt
+    is numbered on from the earlier ones; the exact definition the execution started
+    with is used, even if the workflow was edited or deleted since.
+    """
+    from wfctl.runner import runner_lock
+
+    store = _store()
+    check_execution_id(execution_id)
+    check_step_key(step)
+    load_execution(execution_id)  # not found → exit 3 before anything else
+    with runner_lock(store, execution_id):
+        state, intact = load_execution_state(execution_id)
+        document = state.document
+        status = document.get("status")
+        if status not in RETRYABLE_EXECUTIONS:
+            reason = "is still running" if status in ("running", "pending", "paused") else f"is {status}"
+            raise Conflict(f"execution {execution_id} {reason}; only a failed, cancelled, timed-out or interrupted execution can be retried.")
+        record = state.record(step)
+        if record is None:
+            raise StepNotFound(f"execution {execution_id} has no step '{step}'.")
+        if record.get("status") not in RETRYABLE_STEPS and not record.get("continued"):
+            raise Conflict(f"step '{step}' {record.get('status')}; only a step that failed or did not run can be retried.")
+        return _continue(store, execution_id, state, intact, on_event=on_event, on_start=on_start, rerun=step)
+
+
+def _continue(
+    store: Store,
+    execution_id: str,
+    state: ExecutionState,
+    intact: int,
+    *,
+    on_event: Listener | None,
+    on_start: Callable[[dict], None] | None,
+    rerun: str | None = None,
+) -> dict:
+    """Run an execution on from where its record stands (retry, resume)."""
+    from wfctl.runner import run_execution
+
+    frozen = store.load_frozen_workflow(execution_id)
+    definition = frozen["definition"]
+    prior = prior_from(state, definition, rerun=rerun)
+    config = Config()
+    options = _run_options(config, frozen.get("options") or {}, on_event=on_event, on_start=on_start)
+    run_execution(
+        store, execution_id, definition, state, dict(state.document.get("input") or {}), options,
+        prior=prior, intact=intact,
+    )
+    return public_document(state.document)
+
+
+def prior_from(state: ExecutionState, definition: dict, *, rerun: str | None = None):
+    """What an execution's record says is done: completed steps and their outputs,
+    attempts made so far, and the member each round-robin team step chose."""
+    from wfctl.engine import Prior
+    from wfctl.record import definitions_by_id, output_value
+
+    definitions = definitions_by_id(definition)
+    completed: dict[str, Any] = {}
+    attempts: dict[str, int] = {}
+    members: dict[str, str] = {}
+    for record in walk(state.document["steps"]):
+        key = record["id"]
+        if record.get("attempts"):
+            attempts[key] = len(record["attempts"])
+        base = key.split("@", 1)[0].split("[", 1)[0]
+        step = definitions.get(base, {})
+        if record.get("status") == "completed":
+            completed[key] = record.get("output") if "@" in key else output_value(record, step)
+        elif record.get("status") == "failed" and record.get("continued") and key != rerun:
+            completed[key] = None  # a failure the workflow chose to go past stays settled
+        if record.get("type") == "team" and record.get("steps"):
+            if (definition.get("teams") or {}).get(step.get("teamId"), {}).get("strategy", "round-robin") == "round-robin":
+                members[key] = record.get("member") or record["steps"][0]["id"].split("@", 1)[1]
+    return Prior(completed=completed, attempts=attempts, members=members)
 
 
 def public_document(document: dict) -> dict:
@@ -232,29 +311,42 @@ def public_document(document: dict) -> dict:
     return shown
 
 
-def load_execution(execution_id: str) -> ExecutionState:
+def load_execution_state(execution_id: str) -> tuple[ExecutionState, int]:
     """The current state of an execution, live: the snapshot plus the journal after it,
-    and `interrupted` when its status says running but no runner holds it."""
+    and `interrupted` when its status says running but no runner holds it. Also returns
+    the length of the journal's intact part (a torn last line is left out)."""
     from wfctl.runner import runner_alive
 
     store = _store()
     check_execution_id(execution_id)
     snapshot = store.load_snapshot(execution_id)
     state = ExecutionState(snapshot)
-    if snapshot.get("status") not in TERMINAL_STATUSES:
-        offset = int(snapshot.get("journalOffset") or 0)
-        try:
-            with open(store.journal_path(execution_id), "rb") as handle:
-                handle.seek(offset)
-                tail = handle.read()
-        except FileNotFoundError:
-            tail = b""
-        events, _ = read_journal(tail, source=str(store.journal_path(execution_id)))
-        for event in events:
-            state.apply(event)
-        if state.document.get("status") in ("pending", "running", "paused") and not runner_alive(store, execution_id):
-            state.document["status"] = "interrupted"
-    return state
+    journal = store.journal_path(execution_id)
+    offset = int(snapshot.get("journalOffset") or 0)
+    try:
+        with open(journal, "rb") as handle:
+            handle.seek(offset)
+            tail = handle.read()
+    except FileNotFoundError:
+        tail = b""
+    events, intact = read_journal(tail, source=str(journal), first_line=_line_at(journal, offset))
+    for event in events:
+        state.apply(event)
+    if state.document.get("status") in ("pending", "running", "paused") and not runner_alive(store, execution_id):
+        state.document["status"] = "interrupted"
+    return state, offset + intact
+
+
+def _line_at(path: Path, offset: int) -> int:
+    """The 1-based number of the journal line that starts at byte `offset`."""
+    if offset <= 0:
+        return 1
+    with open(path, "rb") as handle:
+        return handle.read(offset).count(b"\n") + 1
+
+
+def load_execution(execution_id: str) -> ExecutionState:
+    return load_execution_state(execution_id)[0]
 
 
 def get_execution(execution_id: str) -> dict:
@@ -333,12 +425,6 @@ def cancel(execution_id: str, reason: str | None = None) -> dict:
     """Cancel a running execution (arrives with the lifecycle release)."""
     get_execution(execution_id)
     raise NotYetSupported("cancelling an execution from another process is not supported yet.")
-
-
-def retry_step(execution_id: str, step: str) -> dict:
-    """Run a failed step again and continue from there (arrives with failure handling)."""
-    get_execution(execution_id)
-    raise NotYetSupported("retrying a step is not supported yet.")
 
 
 # -- traces ---------------------------------------------------------------------------------

@@ -12,10 +12,11 @@ and, on resume or retry, whether it already completed.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import ChainMap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -25,21 +26,22 @@ from wfctl.record import branch_steps, now_iso, step_type
 from wfctl.retry import Policy, backoff_delay, policy_for
 
 Emit = Callable[[dict], None]
+COMPOSITE_TYPES = ("parallel", "conditional", "loop", "team")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Frame:
-    """Where a step runs: its key suffix, its parent, and loop-local names."""
+    """Where a step runs: its key suffix, its parent, and names local to it."""
 
     suffix: str = ""
     parent: str | None = None
-    locals: dict | None = None  # loop iteration scope: item, index, the body's outputs
+    locals: dict | None = None  # loop iteration scope (item, index, the body's outputs), `error`
     item: Any = None
     index: int | None = None
+    in_loop: bool = False
 
-    @property
-    def in_loop(self) -> bool:
-        return self.locals is not None
+    def child(self, parent: str) -> "Frame":
+        return replace(self, parent=parent)
 
 
 @dataclass
@@ -54,6 +56,17 @@ class Settings:
     dry_run: bool = False
     # Round-robin teams rotate across runs: the api gives each run its turn number.
     team_turn: Callable[[str], int] = lambda team: 0
+    # Environment for every step process (the api puts priority and secrets here).
+    extra_env: Mapping[str, str] | None = None
+
+
+@dataclass
+class Prior:
+    """What an earlier run of this execution left: the engine continues from it."""
+
+    completed: dict[str, Any]  # key → output of every step instance that completed
+    attempts: dict[str, int]  # key → attempts already made (new ones are numbered on)
+    members: dict[str, str]  # round-robin team key → the member it chose
 
 
 class Engine:
@@ -65,26 +78,31 @@ class Engine:
         settings: Settings,
         emit: Emit,
         *,
-        completed: Mapping[str, Any] | None = None,
-        members: Mapping[str, list[str]] | None = None,
+        prior: Prior | None = None,
         sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.workflow = workflow
         self.settings = settings
         self.emit = emit
+        prior = prior or Prior({}, {}, {})
         # Step instances that completed in an earlier run of this execution (resume,
-        # retry): key → output. They are never run again; their outputs are reused.
-        self.completed = dict(completed or {})
-        self.prior_members = dict(members or {})
+        # retry) are never run again; their outputs are reused.
+        self.completed = dict(prior.completed)
+        self.attempt_base = dict(prior.attempts)
+        self.prior_members = dict(prior.members)
         self.state: dict[str, Any] = {}
         self.input: dict[str, Any] = {}
         self.steps_view: dict[str, dict] = {}
         self.cancel_event = threading.Event()
         self.cancel_status = "cancelled"
         self.cancel_reason: str | None = None
+        self.escalated = False
+        self._failure: dict | None = None
         self._sleep = sleep
         self._specials = {"input": self.input, "steps": self.steps_view}
         self._workflow_policy = workflow.get("errorHandling") or {}
+        self._policies: dict[str, Policy] = {}
+        self._pause_gate: Callable[[], None] | None = None
 
     # -- control ----------------------------------------------------------------------------
     def cancel(self, reason: str | None = None, status: str = "cancelled") -> None:
@@ -98,6 +116,10 @@ class Engine:
     def cancelled(self) -> bool:
         return self.cancel_event.is_set()
 
+    def set_pause_gate(self, gate: Callable[[], None]) -> None:
+        """`gate()` is called before each step starts; it returns when the run may go on."""
+        self._pause_gate = gate
+
     def _wait(self, seconds: float) -> None:
         """Wait between attempts; a cancel ends the wait at once."""
         if seconds <= 0:
@@ -107,13 +129,19 @@ class Engine:
         else:
             self.cancel_event.wait(seconds)
 
+    def _policy(self, step: dict) -> Policy:
+        policy = self._policies.get(step["id"])
+        if policy is None:
+            policy = policy_for(self._workflow_policy, step.get("errorHandling"))
+            self._policies[step["id"]] = policy
+        return policy
+
     # -- running ----------------------------------------------------------------------------
     def run(self, input: Mapping[str, Any], *, started: dict | None = None) -> tuple[str, dict | None]:
         """Run every step; returns (final status, error of the step that ended the run)."""
         self.input.update(input)
         self.state.update(input)
         self.emit({"type": "execution.started", "at": now_iso(), **(started or {})})
-        self._failure: dict | None = None
         ok = self._run_sequence(self.workflow["steps"], Frame())
         if self.cancelled:
             status = self.cancel_status
@@ -122,9 +150,9 @@ class Engine:
         else:
             status = "failed"
         event = {"type": "execution.finished", "at": now_iso(), "status": status}
-        if status == "failed" and self._failure:
+        if status in ("failed", "timed_out") and self._failure:
             event["error"] = self._failure
-        if status in ("cancelled", "interrupted") and self.cancel_reason is not None:
+        if status in ("cancelled", "interrupted", "timed_out") and self.cancel_reason is not None:
             event["reason"] = self.cancel_reason
         self.emit(event)
         return status, self._failure
@@ -143,12 +171,19 @@ class Engine:
             return ChainMap(frame.locals, self._specials, self.state)
         return ChainMap(self._specials, self.state)
 
+    def _store_output(self, step: dict, frame: Frame, status: str, value: Any) -> None:
+        name = step.get("output")
+        if name and status == "completed":
+            target = frame.locals if frame.in_loop else self.state
+            target[name] = value
+        self.steps_view[step["id"]] = {"status": status, "output": value}
+
     def _restore(self, step: dict, frame: Frame) -> Any:
         """A step that completed in an earlier run: its outputs (and those of the steps
         inside it) become state again, and nothing runs."""
         key = step["id"] + frame.suffix
         value = self.completed[key]
-        inner = Frame(frame.suffix, key, frame.locals, frame.item, frame.index)
+        inner = frame.child(key)
         kind = step_type(step)
         if kind == "parallel":
             children = step.get("steps", [])
@@ -159,23 +194,277 @@ class Engine:
         for child in children:
             if child["id"] + frame.suffix in self.completed:
                 self._restore(child, inner)
-        self._store_output(step, frame, key, "completed", value)
+        self._store_output(step, frame, "completed", value)
         return value
-
-    def _store_output(self, step: dict, frame: Frame, key: str, status: str, value: Any) -> None:
-        name = step.get("output")
-        if name and status == "completed":
-            target = frame.locals if frame.locals is not None else self.state
-            target[name] = value
-        self.steps_view[step["id"]] = {"status": status, "output": value}
 
     def _run_step(self, step: dict, frame: Frame) -> tuple[bool, Any]:
         key = step["id"] + frame.suffix
         if key in self.completed:
             return True, self._restore(step, frame)
+        if self._pause_gate is not None:
+            self._pause_gate()
+        if self.cancelled:
+            return False, None
+        policy = self._policy(step)
         kind = step_type(step)
+        started = time.monotonic()
         if kind == "task":
-            return self._run_task(step, key, frame)
+            ok, value, error = self._run_leaf(step, key, frame, step.get("agent"), step.get("task"), policy=policy)
+        else:
+            ok, value, error = self._run_composite(step, key, frame, kind, policy)
+        if ok:
+            self._store_output(step, frame, "completed", value)
+            return True, value
+        if self.cancelled and not (error and error.get("kind") == "timeout"):
+            self._store_output(step, frame, "cancelled", None)
+            return False, None
+        return self._after_failure(step, key, frame, policy, error or {"kind": "failed", "message": "failed."}, started)
+
+    def _after_failure(
+        self, step: dict, key: str, frame: Frame, policy: Policy, error: dict, started: float
+    ) -> tuple[bool, Any]:
+        """A step failed for good (after its retries): fallback, continue, or fail."""
+        if policy.strategy == "fallback" and policy.fallback is not None and not self.cancelled:
+            fallback = policy.fallback
+            scope = dict(frame.locals or {})
+            scope["error"] = {
+                "message": error.get("message"),
+                "kind": error.get("kind"),
+                "exitCode": error.get("exitCode"),
+                "attempts": error.get("attempts", 1),
+                "step": key,
+            }
+            inner = Frame(frame.suffix, key, scope, frame.item, frame.index, frame.in_loop)
+            ok, value = self._run_step(fallback, inner)
+            if ok:
+                # The fallback's result stands in for the step's; the record keeps the error.
+                event = {
+                    "type": "step.finished",
+                    "at": now_iso(),
+                    "step": key,
+                    "status": "completed",
+                    "output": value,
+                    "recoveredBy": fallback["id"] + frame.suffix,
+                    "duration": round(time.monotonic() - started, 6),
+                }
+                if step.get("output"):
+                    event["outputName"] = step["output"]
+                self.emit(event)
+                self._store_output(step, frame, "completed", value)
+                return True, value
+        self._store_output(step, frame, "failed", None)
+        if policy.strategy == "continue":
+            return True, None  # recorded as failed; the run goes on with a null output
+        if self._failure is None:
+            self._failure = {"step": key, **{k: v for k, v in error.items() if k != "attempts"}}
+        if policy.escalate:
+            self._escalate(step, key, frame, policy, error)
+        return False, None
+
+    def _escalate(self, step: dict, key: str, frame: Frame, policy: Policy, error: dict) -> None:
+        """Hand a final failure to the escalation agent; the execution is marked escalated."""
+        self.escalated = True
+        event: dict[str, Any] = {"type": "execution.escalated", "at": now_iso(), "step": key, "agent": policy.escalate_to}
+        if policy.escalate_to:
+            resolved = self._agent_for(policy.escalate_to, step)
+            scope = self._scope(frame)
+            try:
+                inputs = self._inputs(step, scope)
+            except ExpressionError:
+                inputs = {}
+            context_inputs = {"step": key, "error": error, "attempts": error.get("attempts", 1), "inputs": inputs}
+            task = f"Step '{key}' of workflow '{self.workflow.get('name')}' failed: {error.get('message')}"
+            if resolved is None:
+                outcome = failure("error", f"escalation agent '{policy.escalate_to}' is not defined.")
+            else:
+                ctx = self._context(step, f"{key}@escalation", frame, task, context_inputs, 1, ChainMap({"task": task}, scope))
+                outcome = run_agent(resolved[1], ctx)
+            event["ok"] = outcome.ok
+            if outcome.ok:
+                event["output"] = outcome.output
+            else:
+                event["error"] = outcome.error
+        self.emit(event)
+
+    # -- task steps -------------------------------------------------------------------------
+    def _agent_for(self, name: str | None, step: dict) -> tuple[str, dict] | None:
+        if self.settings.dry_run:
+            return (name or "run"), {}
+        if name is None:
+            return "run", {"run": step["run"]}
+        if name in self.settings.agents:
+            return name, self.settings.agents[name]
+        if name == "echo":
+            return name, {}
+        return None
+
+    def _run_leaf(
+        self,
+        step: dict,
+        key: str,
+        frame: Frame,
+        agent_name: str | None,
+        task: str | None,
+        *,
+        policy: Policy,
+        member_of: str | None = None,
+    ) -> tuple[bool, Any, dict | None]:
+        """Run one task (or one team member's share of a team step) with its retries.
+        Returns (ok, output, error)."""
+        parent = member_of or frame.parent
+        resolved = self._agent_for(agent_name, step)
+        label = agent_name or "run"
+        started = time.monotonic()
+        attempt = self.attempt_base.get(key, 0)
+        first_attempt = attempt + 1
+        outcome: Outcome | None = None
+        scope = self._scope(frame)
+        attempt_started = started
+        while True:
+            if self.cancelled:
+                outcome = outcome or failure("cancelled", "cancelled before it started.")
+                break
+            attempt += 1
+            event = {"type": "step.started", "at": now_iso(), "step": key, "id": step["id"], "attempt": attempt, "agent": label}
+            if parent is not None:
+                event["parent"] = parent
+            self.emit(event)
+            attempt_started = time.monotonic()
+            if resolved is None:
+                outcome = failure("error", f"agent '{agent_name}' is not defined.")
+            else:
+                outcome = self._attempt(step, key, frame, resolved[1], task, attempt, scope)
+            if not outcome.ok and outcome.error and outcome.error["kind"] == "cancelled" and self.cancel_status == "timed_out":
+                outcome = failure("timeout", self.cancel_reason or "the workflow timed out.", outcome.exit_code)
+            if outcome.ok:
+                break
+            kind = outcome.error["kind"] if outcome.error else "failed"
+            if not self._should_retry(policy, kind, outcome, attempt - first_attempt + 1, started):
+                break
+            wait = backoff_delay(policy, attempt - first_attempt + 1)
+            if policy.max_duration is not None:
+                wait = min(wait, max(0.0, policy.max_duration - (time.monotonic() - started)))
+            self.emit(
+                {
+                    "type": "attempt.failed",
+                    "at": now_iso(),
+                    "step": key,
+                    "attempt": attempt,
+                    "exitCode": outcome.exit_code,
+                    "error": outcome.error,
+                    "attemptDuration": round(time.monotonic() - attempt_started, 6),
+                    "retryIn": round(wait, 3),
+                }
+            )
+            self._wait(wait)
+        ok = outcome.ok
+        kind = outcome.error["kind"] if outcome.error else None
+        if ok:
+            status = "completed"
+        elif kind == "cancelled":
+            status = "cancelled"
+        else:
+            status = "failed"
+        event = {
+            "type": "step.finished",
+            "at": now_iso(),
+            "step": key,
+            "status": status,
+            "duration": round(time.monotonic() - started, 6),
+            "attemptDuration": round(time.monotonic() - attempt_started, 6),
+            "exitCode": outcome.exit_code,
+        }
+        if parent is not None:
+            event["parent"] = parent
+        if ok:
+            event["output"] = outcome.output
+            if step.get("output") and member_of is None:
+                event["outputName"] = step["output"]
+        else:
+            event["error"] = outcome.error
+            if status == "failed":
+                self._mark_failure(event, policy)
+        if outcome.worker:
+            event["worker"] = outcome.worker
+        self.emit(event)
+        if ok:
+            return True, outcome.output, None
+        error = dict(outcome.error or {})
+        error["attempts"] = attempt
+        return False, None, error
+
+    def _mark_failure(self, event: dict, policy: Policy) -> None:
+        """Failure events say what happens next, for the record and for notifications."""
+        if policy.strategy == "continue":
+            event["continued"] = True
+        if policy.notify_on_error:
+            event["notify"] = True
+
+    def _should_retry(self, policy: Policy, kind: str, outcome: Outcome, tries: int, started: float) -> bool:
+        if self.cancelled or policy.strategy not in ("retry", "fallback") or tries >= policy.attempts:
+            return False
+        if not policy.retries(kind, outcome.exit_code):
+            return False
+        if policy.max_duration is not None and time.monotonic() - started >= policy.max_duration:
+            return False
+        return True
+
+    def _attempt(
+        self, step: dict, key: str, frame: Frame, agent: dict, task: str | None, attempt: int, scope: Mapping
+    ) -> Outcome:
+        try:
+            inputs = self._inputs(step, scope)
+            task_text = _render(task, scope) if task else task
+            env = {
+                str(k): _render(v, scope) if isinstance(v, str) else _plain(v)
+                for k, v in (step.get("env") or {}).items()
+            }
+        except ExpressionError as err:
+            return failure("error", err.message)
+        ctx = self._context(step, key, frame, task_text, inputs, attempt, ChainMap({"task": task_text}, scope))
+        ctx.env.update(env)
+        return run_agent(agent, ctx)
+
+    def _context(
+        self, step: dict, key: str, frame: Frame, task: str | None, inputs: dict, attempt: int, scope: Mapping
+    ) -> AttemptContext:
+        return AttemptContext(
+            step_key=key,
+            step_id=step["id"],
+            task=task,
+            inputs=inputs,
+            execution_id=self.settings.execution_id,
+            workflow_id=self.settings.workflow_id,
+            attempt=attempt,
+            scope=scope,
+            log_path=self.settings.log_dir / f"{key}.log",
+            output_path=self.settings.output_dir / f"{key}.out",
+            item=frame.item,
+            index=frame.index,
+            in_loop=frame.in_loop,
+            env=dict(self.settings.extra_env or {}),
+            cwd=step.get("cwd"),
+            timeout=step.get("timeout"),
+            cancelled=self.cancel_event.is_set,
+        )
+
+    def _inputs(self, step: dict, scope: Mapping) -> dict:
+        names = step.get("input")
+        if names is None:
+            return {}
+        if isinstance(names, str):
+            names = [names]
+        values = {}
+        for name in names:
+            if name not in scope:
+                raise ExpressionError(
+                    f"input '{name}' is not available: no earlier step produced it and --input does not have it."
+                )
+            values[name] = scope[name]
+        return values
+
+    # -- control-flow steps -----------------------------------------------------------------
+    def _run_composite(self, step: dict, key: str, frame: Frame, kind: str, policy: Policy):
         runner = {
             "parallel": self._run_parallel,
             "conditional": self._run_conditional,
@@ -186,7 +475,12 @@ class Engine:
         start_event = {"type": "step.started", "at": now_iso(), "step": key, "id": step["id"], "stepType": kind}
         if frame.parent is not None:
             start_event["parent"] = frame.parent
-        self._emit_started(start_event, step, frame)
+        if kind == "loop":
+            try:
+                start_event["total"] = len(self._loop_items(step, frame))
+            except ExpressionError:
+                pass  # reported when the loop runs
+        self.emit(start_event)
         try:
             ok, value, error, extra = runner(step, key, frame)
         except ExpressionError as err:
@@ -208,179 +502,11 @@ class Engine:
                 event["outputName"] = step["output"]
         elif error:
             event["error"] = error
-            self._failure = self._failure or {"step": key, **error}
+        if status == "failed":
+            self._mark_failure(event, policy)
         self.emit(event)
-        self._store_output(step, frame, key, status, value)
-        return ok, value
+        return ok, value, error
 
-    # -- task steps -------------------------------------------------------------------------
-    def _agent_for(self, name: str | None, step: dict) -> tuple[str, dict] | None:
-        if self.settings.dry_run:
-            return (name or "run"), {}
-        if name is None:
-            return "run", {"run": step["run"], **({"cwd": step["cwd"]} if step.get("cwd") else {})}
-        if name in self.settings.agents:
-            return name, self.settings.agents[name]
-        if name == "echo":
-            return name, {}
-        return None
-
-    def _run_task(self, step: dict, key: str, frame: Frame) -> tuple[bool, Any]:
-        return self._run_leaf(step, key, frame, step.get("agent"), step.get("task"))
-
-    def _run_leaf(
-        self,
-        step: dict,
-        key: str,
-        frame: Frame,
-        agent_name: str | None,
-        task: str | None,
-        *,
-        member_of: str | None = None,
-    ) -> tuple[bool, Any]:
-        """Run one task (or one team member's share of a team step), with its retries."""
-        parent = member_of or frame.parent
-        resolved = self._agent_for(agent_name, step)
-        label = agent_name or "run"
-        policy = policy_for(self._workflow_policy, step.get("errorHandling"))
-        started = time.monotonic()
-        attempt = 0
-        outcome: Outcome | None = None
-        scope = self._scope(frame)
-        while True:
-            if self.cancelled:
-                outcome = outcome or failure("cancelled", "cancelled before it started.")
-                break
-            attempt += 1
-            event = {
-                "type": "step.started",
-                "at": now_iso(),
-                "step": key,
-                "id": step["id"],
-                "attempt": attempt,
-                "agent": label,
-            }
-            if parent is not None:
-                event["parent"] = parent
-            self.emit(event)
-            attempt_started = time.monotonic()
-            if resolved is None:
-                outcome = failure("error", f"agent '{agent_name}' is not defined.")
-            else:
-                outcome = self._attempt(step, key, frame, resolved[1], task, attempt, scope)
-            if outcome.ok:
-                break
-            kind = outcome.error["kind"] if outcome.error else "failed"
-            if not self._should_retry(policy, kind, outcome, attempt, started):
-                break
-            wait = backoff_delay(policy, attempt)
-            if policy.max_duration is not None:
-                wait = min(wait, max(0.0, policy.max_duration - (time.monotonic() - started)))
-            self.emit(
-                {
-                    "type": "attempt.failed",
-                    "at": now_iso(),
-                    "step": key,
-                    "attempt": attempt,
-                    "exitCode": outcome.exit_code,
-                    "error": outcome.error,
-                    "attemptDuration": round(time.monotonic() - attempt_started, 6),
-                    "retryIn": round(wait, 3),
-                }
-            )
-            self._wait(wait)
-        ok = outcome.ok
-        kind = outcome.error["kind"] if outcome.error else None
-        if ok:
-            status = "completed"
-        elif kind == "cancelled" or self.cancelled:
-            status = "cancelled"
-        else:
-            status = "failed"
-        event = {
-            "type": "step.finished",
-            "at": now_iso(),
-            "step": key,
-            "status": status,
-            "duration": round(time.monotonic() - started, 6),
-            "attemptDuration": round(time.monotonic() - attempt_started, 6),
-            "exitCode": outcome.exit_code,
-        }
-        if parent is not None:
-            event["parent"] = parent
-        if ok:
-            event["output"] = outcome.output
-            if step.get("output") and member_of is None:
-                event["outputName"] = step["output"]
-        else:
-            event["error"] = outcome.error
-        if outcome.worker:
-            event["worker"] = outcome.worker
-        self.emit(event)
-        if not ok and status == "failed":
-            if policy.strategy == "continue":
-                # The failure is recorded; the run goes on with a null output.
-                self._store_output(step, frame, key, "failed", None)
-                return True, None
-            self._failure = self._failure or {"step": key, **(outcome.error or {})}
-        if member_of is None:
-            self._store_output(step, frame, key, status, outcome.output if ok else None)
-        return ok, outcome.output if ok else None
-
-    def _should_retry(self, policy: Policy, kind: str, outcome: Outcome, attempt: int, started: float) -> bool:
-        if self.cancelled or policy.strategy not in ("retry", "fallback") or attempt >= policy.attempts:
-            return False
-        if not policy.retries(kind, outcome.exit_code):
-            return False
-        if policy.max_duration is not None and time.monotonic() - started >= policy.max_duration:
-            return False
-        return True
-
-    def _attempt(
-        self, step: dict, key: str, frame: Frame, agent: dict, task: str | None, attempt: int, scope: Mapping
-    ) -> Outcome:
-        try:
-            inputs = self._inputs(step, scope)
-            task_text = _render(task, scope) if task else task
-            env = {str(k): _render(str(v), scope) if isinstance(v, str) else _plain(v) for k, v in (step.get("env") or {}).items()}
-        except ExpressionError as err:
-            return failure("error", err.message)
-        task_scope = ChainMap({"task": task_text}, scope)
-        ctx = AttemptContext(
-            step_key=key,
-            step_id=step["id"],
-            task=task_text,
-            inputs=inputs,
-            execution_id=self.settings.execution_id,
-            workflow_id=self.settings.workflow_id,
-            attempt=attempt,
-            scope=task_scope,
-            log_path=self.settings.log_dir / f"{key}.log",
-            output_path=self.settings.output_dir / f"{key}.out",
-            item=frame.item,
-            index=frame.index,
-            in_loop=frame.in_loop,
-            env=env,
-            cwd=step.get("cwd"),
-            timeout=step.get("timeout"),
-            cancelled=self.cancel_event.is_set,
-        )
-        return run_agent(agent, ctx)
-
-    def _inputs(self, step: dict, scope: Mapping) -> dict:
-        names = step.get("input")
-        if names is None:
-            return {}
-        if isinstance(names, str):
-            names = [names]
-        values = {}
-        for name in names:
-            if name not in scope:
-                raise ExpressionError(f"input '{name}' is not available: no earlier step produced it and --input does not have it.")
-            values[name] = scope[name]
-        return values
-
-    # -- control-flow steps -----------------------------------------------------------------
     def _run_many(self, thunks: list[Callable[[], tuple[bool, Any]]], limit: int) -> list[tuple[bool, Any] | None]:
         """Run thunks at most `limit` at a time. After a failure the running ones finish
         and the ones not yet started are not started."""
@@ -389,8 +515,9 @@ class Engine:
             for position, thunk in enumerate(thunks):
                 if self.cancelled:
                     break
-                results[position] = thunk()
-                if not results[position][0]:
+                result = thunk()
+                results[position] = result
+                if not result[0]:
                     break
             return results
         lock = threading.Lock()
@@ -422,12 +549,13 @@ class Engine:
 
     def _run_parallel(self, step: dict, key: str, frame: Frame):
         children = step.get("steps", [])
-        child_frame = Frame(frame.suffix, key, frame.locals, frame.item, frame.index)
-        thunks = [lambda child=child: self._run_step(child, child_frame) for child in children]
+        inner = frame.child(key)
+        thunks = [lambda child=child: self._run_step(child, inner) for child in children]
         results = self._run_many(thunks, self._limit(step))
         ok = all(result is not None and result[0] for result in results)
         value = {child["id"]: result[1] for child, result in zip(children, results) if result is not None}
-        error = None if ok else {"kind": "failed", "message": "a parallel child failed."}
+        failed = [child["id"] for child, result in zip(children, results) if result is not None and not result[0]]
+        error = None if ok else {"kind": "failed", "message": f"parallel step failed: {', '.join(failed) or 'stopped'}."}
         return ok, value, error, {}
 
     def _run_conditional(self, step: dict, key: str, frame: Frame):
@@ -438,19 +566,20 @@ class Engine:
             chosen = condition
         else:
             chosen = truthy(parse(str(condition)).evaluate(self._scope(frame)))
+        branch = "then" if chosen else "else"
         taken = branch_steps(step.get("then") if chosen else step.get("else"))
         skipped = branch_steps(step.get("else") if chosen else step.get("then"))
-        child_frame = Frame(frame.suffix, key, frame.locals, frame.item, frame.index)
+        inner = frame.child(key)
         for other in skipped:
-            self._skip(other, child_frame)
+            self._skip(other, inner)
         value = None
         for child in taken:
             if self.cancelled:
-                return False, None, None, {"branch": "then" if chosen else "else"}
-            ok, value = self._run_step(child, child_frame)
+                return False, None, None, {"branch": branch}
+            ok, value = self._run_step(child, inner)
             if not ok:
-                return False, None, {"kind": "failed", "message": f"step '{child['id']}' failed."}, {"branch": "then" if chosen else "else"}
-        return True, value, None, {"branch": "then" if chosen else "else"}
+                return False, None, {"kind": "failed", "message": f"step '{child['id']}' failed."}, {"branch": branch}
+        return True, value, None, {"branch": branch}
 
     def _skip(self, step: dict, frame: Frame) -> None:
         key = step["id"] + frame.suffix
@@ -460,7 +589,7 @@ class Engine:
         self.emit(event)
         self.steps_view[step["id"]] = {"status": "skipped", "output": None}
         kind = step_type(step)
-        inner = Frame(frame.suffix, key, frame.locals, frame.item, frame.index)
+        inner = frame.child(key)
         if kind == "parallel":
             for child in step.get("steps", []):
                 self._skip(child, inner)
@@ -489,22 +618,14 @@ class Engine:
             raise ExpressionError(f"loop items '{items}' is {type(value).__name__}, not a list.")
         return value
 
-    def _emit_started(self, event: dict, step: dict, frame: Frame) -> None:
-        if step_type(step) == "loop":
-            try:
-                event["total"] = len(self._loop_items(step, frame))
-            except ExpressionError:
-                pass
-        self.emit(event)
-
     def _run_loop(self, step: dict, key: str, frame: Frame):
         items = self._loop_items(step, frame)
         body = step["step"]
 
         def iteration(position: int, item: Any):
-            locals_ = dict(frame.locals or {})
-            locals_.update({"item": item, "index": position})
-            child = Frame(f"{frame.suffix}[{position}]", key, locals_, item, position)
+            scope = dict(frame.locals or {})
+            scope.update({"item": item, "index": position})
+            child = Frame(f"{frame.suffix}[{position}]", key, scope, item, position, True)
             return self._run_step(body, child)
 
         thunks = [lambda p=p, i=i: iteration(p, i) for p, i in enumerate(items)]
@@ -517,15 +638,20 @@ class Engine:
 
     def _run_team(self, step: dict, key: str, frame: Frame):
         team_name = step["teamId"]
-        team = self.workflow.get("teams", {}).get(team_name) or self.settings.teams.get(team_name)
+        team = (self.workflow.get("teams") or {}).get(team_name) or self.settings.teams.get(team_name)
         if team is None:
             return False, None, {"kind": "error", "message": f"team '{team_name}' is not defined."}, {}
         members = list(team.get("members", []))
         strategy = team.get("strategy", "round-robin")
         task = step.get("task")
+        policy = self._policy(step)
 
-        def member_run(member: str):
-            return self._run_leaf(step, f"{key}@{member}", frame, member, task, member_of=key)
+        def member_run(member: str) -> tuple[bool, Any]:
+            member_key = f"{key}@{member}"
+            if member_key in self.completed:
+                return True, self.completed[member_key]
+            ok, value, _error = self._run_leaf(step, member_key, frame, member, task, policy=policy, member_of=key)
+            return ok, value
 
         if strategy == "all":
             thunks = [lambda m=m: member_run(m) for m in members]
@@ -543,16 +669,15 @@ class Engine:
                     break
             return False, None, {"kind": "failed", "message": "every team member failed."}, {}
         # round-robin: one member per run, taking turns across runs of the workflow
-        prior = self.prior_members.get(key)
-        member = prior[0] if prior else members[self.settings.team_turn(team_name) % len(members)]
+        member = self.prior_members.get(key)
+        if member is None:
+            member = members[self.settings.team_turn(team_name) % len(members)]
         ok, value = member_run(member)
         error = None if ok else {"kind": "failed", "message": f"team member '{member}' failed."}
         return ok, value, error, {"member": member}
 
 
 def _plain(value: Any) -> str:
-    import json
-
     if isinstance(value, str):
         return value
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

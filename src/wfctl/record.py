@@ -168,7 +168,7 @@ class ExecutionState:
 
     def _progress(self) -> None:
         steps = self.document["steps"]
-        done = sum(1 for record in steps if record["status"] in STEP_DONE)
+        done = sum(1 for record in steps if record["status"] in STEP_DONE or record.get("continued"))
         total = len(steps)
         self.document["progress"] = {
             "completed": done,
@@ -257,8 +257,9 @@ def _step_finished(state: ExecutionState, event: dict) -> None:
         record["output"] = {name: output} if name else output
     if event.get("error"):
         record["error"] = event["error"]
-    if event.get("member"):
-        record["member"] = event["member"]
+    for key in ("member", "branch", "recoveredBy", "continued"):
+        if event.get(key) is not None:
+            record[key] = event[key]
     _attempt_end(record, event, "completed" if status == "completed" else "failed")
     if state.document.get("currentStep") == event["step"]:
         state.document["currentStep"] = None
@@ -285,7 +286,18 @@ def _execution_status(state: ExecutionState, event: dict) -> None:
         state.document["cancelReason"] = event["reason"]
 
 
+def _escalated(state: ExecutionState, event: dict) -> None:
+    state.document["escalated"] = True
+    state.document["escalation"] = {k: v for k, v in event.items() if k != "type"}
+
+
+def _notification(state: ExecutionState, event: dict) -> None:
+    state.document.setdefault("notifications", []).append({k: v for k, v in event.items() if k != "type"})
+
+
 _HANDLERS = {
+    "execution.escalated": _escalated,
+    "notification.sent": _notification,
     "execution.started": _execution_started,
     "execution.finished": _execution_finished,
     "execution.status": _execution_status,
@@ -306,7 +318,7 @@ def output_value(record: dict, step: dict) -> Any:
 
 
 # -- journal ------------------------------------------------------------------------------
-def read_journal(data: bytes, *, source: str = "events.jsonl") -> tuple[list[dict], int]:
+def read_journal(data: bytes, *, source: str = "events.jsonl", first_line: int = 1) -> tuple[list[dict], int]:
     """Parse journal bytes into events; returns (events, length of the intact part).
 
     A torn last line (a runner killed in the middle of an append) is ignored; a line
@@ -315,7 +327,7 @@ def read_journal(data: bytes, *, source: str = "events.jsonl") -> tuple[list[dic
     events: list[dict] = []
     position = 0
     length = len(data)
-    line_number = 0
+    line_number = first_line - 1
     while position < length:
         end = data.find(b"\n", position)
         line_number += 1
@@ -333,7 +345,7 @@ def read_journal(data: bytes, *, source: str = "events.jsonl") -> tuple[list[dic
 def build_trace(document: dict, workflow: dict, stages_input: dict | None = None) -> dict:
     """The seed 000 trace of one finished run."""
     stages = []
-    definitions = _definitions_by_id(workflow)
+    definitions = definitions_by_id(workflow)
     for record in walk(document["steps"]):
         base_id = record["id"].split("[", 1)[0].split("@", 1)[0]
         definition = definitions.get(base_id, {})
@@ -375,7 +387,7 @@ def _duration(document: dict) -> float | None:
     return None
 
 
-def _definitions_by_id(workflow: dict) -> dict[str, dict]:
+def definitions_by_id(workflow: dict) -> dict[str, dict]:
     found: dict[str, dict] = {}
 
     def visit(steps: Iterable[dict]) -> None:

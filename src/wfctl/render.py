@@ -136,7 +136,8 @@ def event_line(event: dict) -> str | None:
         return line
     if kind == "attempt.failed":
         error = event.get("error") or {}
-        return f"{at} {event['step']} attempt {event['attempt']} failed: {error.get('message')}; retrying in {event.get('retryIn')}s"
+        message = str(error.get("message") or "").rstrip(".")
+        return f"{at} {event['step']} attempt {event['attempt']} failed: {message}; retrying in {event.get('retryIn')}s"
     if kind == "execution.finished":
         line = f"{at} execution {event['status']}"
         if event.get("error"):

@@ -24,6 +24,10 @@ class Policy:
     jitter: bool = False
     retry_on: tuple[str, ...] = ("failed", "timeout")
     max_duration: float | None = None
+    escalate: bool = False
+    escalate_to: str | None = None
+    notify_on_error: bool = False
+    fallback: dict | None = None
 
     @property
     def attempts(self) -> int:
@@ -58,6 +62,10 @@ def policy_for(workflow_policy: dict | None, step_policy: dict | None) -> Policy
         jitter=bool(merged.get("jitter", False)),
         retry_on=tuple(retry_on) if retry_on else ("failed", "timeout"),
         max_duration=float(merged["maxDuration"]) if merged.get("maxDuration") else None,
+        escalate=bool(merged.get("escalateOnFailure", False)),
+        escalate_to=merged.get("escalateTo"),
+        notify_on_error=bool(merged.get("notifyOnError", False)),
+        fallback=merged.get("fallback") if isinstance(merged.get("fallback"), dict) else None,
     )
 
 

@@ -16,11 +16,15 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from wfctl.errors import Conflict
 from wfctl.record import ExecutionState, build_trace, parse_iso
 from wfctl.store import FileLock, Store, open_append
+
+if TYPE_CHECKING:
+    from wfctl.engine import Prior
 
 SNAPSHOT_INTERVAL = 1.0  # seconds between snapshot refreshes during a run
 JOURNAL_SYNC_INTERVAL = 0.2  # group commit: at most this long between journal fsyncs
@@ -31,13 +35,17 @@ Listener = Callable[[dict, ExecutionState], None]
 class Recorder:
     """The single consumer of engine events: journal line, document, listeners."""
 
-    def __init__(self, store: Store, execution_id: str, state: ExecutionState) -> None:
+    def __init__(self, store: Store, execution_id: str, state: ExecutionState, *, intact: int | None = None) -> None:
         self.store = store
         self.execution_id = execution_id
         self.state = state
         self.listeners: list[Listener] = []
         self._lock = threading.Lock()
-        self._journal = open_append(store.journal_path(execution_id))
+        path = store.journal_path(execution_id)
+        if intact is not None and path.exists() and path.stat().st_size > intact:
+            # A torn last line (a runner killed mid-append) goes before anything is added.
+            os.truncate(path, intact)
+        self._journal = open_append(path)
         self._offset = self._journal.seek(0, os.SEEK_END)
         self._last_snapshot = time.monotonic()
         self._last_sync = time.monotonic()
@@ -159,3 +167,121 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
     if not start or not end:
         return None
     return (parse_iso(end) - parse_iso(start)).total_seconds()
+
+
+@dataclass
+class RunOptions:
+    """How one run of an execution (execute, retry, resume) is driven."""
+
+    dry_run: bool = False
+    on_event: Listener | None = None
+    on_start: Callable[[dict], None] | None = None
+    notify: dict = field(default_factory=dict)  # command-line overrides: email, slack, webhook
+    max_concurrency: int = 4
+    agents: dict = field(default_factory=dict)
+    teams: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    extra_env: dict = field(default_factory=dict)
+
+
+def run_execution(
+    store: Store,
+    execution_id: str,
+    definition: dict,
+    state: ExecutionState,
+    run_input: dict,
+    options: RunOptions,
+    *,
+    prior: "Prior | None" = None,
+    intact: int | None = None,
+) -> dict:
+    """Drive the engine for one execution while holding its runner lock.
+
+    The caller holds `runner_lock`. Returns the final execution document.
+    """
+    from wfctl.engine import Engine, Settings
+    from wfctl.notify import build_event, send, targets_from, wanted
+
+    document = state.document
+    workflow_id = document["workflowId"]
+    exec_dir = store.execution_dir(execution_id)
+    recorder = Recorder(store, execution_id, state, intact=intact)
+    if options.on_event is not None:
+        recorder.listeners.append(options.on_event)
+    targets = targets_from(
+        definition.get("notifications"),
+        email=options.notify.get("email"),
+        slack=options.notify.get("slack"),
+        webhook=options.notify.get("webhook"),
+    )
+    pending_sends: list[threading.Thread] = []
+
+    def deliver(name: str, step: str | None = None, error: dict | None = None, on_error: bool = False) -> None:
+        if not wanted(targets, name, notify_on_error=on_error):
+            return
+        event = build_event(name, state.document, step=step, error=error)
+        for result in send(targets, event, options.config, cwd=os.getcwd()):
+            recorder({"type": "notification.sent", "at": event["at"], "event": name, **result})
+
+    def on_step_failure(event: dict, _state: ExecutionState) -> None:
+        if event["type"] == "step.finished" and event.get("status") == "failed" and event.get("notify"):
+            sender = threading.Thread(
+                target=deliver, args=("step_failed", event["step"], event.get("error"), True), daemon=True
+            )
+            pending_sends.append(sender)
+            sender.start()
+
+    recorder.listeners.append(on_step_failure)
+    settings = Settings(
+        execution_id=execution_id,
+        workflow_id=workflow_id,
+        log_dir=exec_dir / "logs",
+        output_dir=exec_dir / "logs",
+        agents={**options.agents, **(definition.get("agents") or {})},
+        teams={**options.teams, **(definition.get("teams") or {})},
+        max_concurrency=options.max_concurrency,
+        dry_run=options.dry_run,
+        team_turn=lambda team: store.next_team_turn(workflow_id, team),
+        extra_env=options.extra_env,
+    )
+    engine = Engine(definition, settings, recorder, prior=prior)
+    started: dict[str, Any] = {}
+    estimate = estimate_duration(store, workflow_id)
+    if estimate is not None:
+        started["estimatedCompletion"] = iso_after(time.time(), estimate)
+    timer = None
+    if definition.get("timeout"):
+        limit = float(definition["timeout"])
+        timer = threading.Timer(
+            limit, engine.cancel, kwargs={"reason": f"the workflow timed out after {limit:g}s", "status": "timed_out"}
+        )
+        timer.daemon = True
+    if options.on_start is not None:
+        options.on_start(state.document)
+    try:
+        if timer is not None:
+            timer.start()
+        with interrupt_handlers(lambda: engine.cancel("interrupted by Ctrl-C", status="interrupted")):
+            status, failure = engine.run(run_input, started=started)
+        if timer is not None:
+            timer.cancel()
+        for sender in pending_sends:
+            sender.join()
+        if engine.escalated:
+            escalation = state.document.get("escalation") or {}
+            deliver("escalated", escalation.get("step"), failure)
+        if status in ("completed", "failed", "cancelled", "timed_out"):
+            deliver(status, (failure or {}).get("step"), failure)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        recorder.close()
+    write_trace(store, state.document, definition)
+    return state.document
+
+
+def iso_after(epoch: float, seconds: float) -> str:
+    from datetime import datetime, timezone
+
+    moment = datetime.fromtimestamp(epoch + seconds, timezone.utc)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

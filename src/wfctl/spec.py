@@ -28,7 +28,7 @@ ERROR_STRATEGIES = ("retry", "fallback", "fail", "continue")
 BACKOFFS = ("exponential", "linear", "fixed")
 TEAM_STRATEGIES = ("round-robin", "all", "first-success")
 INPUT_TYPES = ("string", "number", "integer", "boolean", "object", "array")
-NOTIFY_EVENTS = ("failed", "completed", "escalated")
+NOTIFY_EVENTS = ("failed", "completed", "escalated", "cancelled", "timed_out")
 
 # Step ids become parts of file names: letters, digits, '-', '_' and '.', 1-64 chars, not '.'/'..'.
 STEP_ID_PATTERN = r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,64}$"
@@ -492,8 +492,9 @@ NOTIFICATIONS = Block(
               "A Slack channel, sent through the Slack webhook configured in config.toml."),
         Field("email", String(min_length=1), "An email address, sent through the SMTP server in config.toml."),
         Field("command", String(min_length=1), "A command that receives the event JSON on stdin."),
-        Field("on", List(String(enum=NOTIFY_EVENTS), what="a list of events (failed, completed, escalated)"),
-              "The events that are reported: failed, completed, escalated (default: all)."),
+        Field("on", List(String(enum=NOTIFY_EVENTS),
+                         what="a list of events (failed, completed, escalated, cancelled, timed_out)"),
+              "The events that are reported: failed, completed, escalated, cancelled, timed_out (default: all)."),
     ),
 )
 

@@ -47,6 +47,9 @@ def execute(
     ] = None,
     priority: Annotated[str, typer.Option(help="low, normal or high.")] = "normal",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Replace every agent by echo: show the path a run would take.")] = False,
+    notify_email: Annotated[Optional[str], typer.Option("--notify-email", help="Email these addresses (comma-separated) about the run.")] = None,
+    notify_slack: Annotated[Optional[str], typer.Option("--notify-slack", help="Post to this Slack channel about the run.")] = None,
+    notify_webhook: Annotated[Optional[str], typer.Option("--notify-webhook", help="POST the run's events to this URL.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     json: Json = False,
 ) -> None:
@@ -55,11 +58,19 @@ def execute(
     from wfctl.cli.live import progress_display
 
     given = parse_input(input)
+    notify = {"email": notify_email, "slack": notify_slack, "webhook": notify_webhook}
     display = progress_display(quiet=quiet, json_mode=json)
     with display:
         document = api.execute(
-            workflow, given, priority=priority, dry_run=dry_run, on_event=display, on_start=display.start
+            workflow, given, priority=priority, dry_run=dry_run, notify=notify, on_event=display, on_start=display.start
         )
+    finish(document, json=json, quiet=quiet)
+
+
+def finish(document: dict, *, json: bool, quiet: bool) -> None:
+    """Print the end of a run (execute, retry, resume) and exit with its code."""
+    from wfctl import api
+
     if json:
         emit_json(document)
     else:
@@ -71,6 +82,22 @@ def execute(
     code = api.exit_code_for(document)
     if code:
         raise typer.Exit(int(code))
+
+
+def retry(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC", help="A failed (or cancelled) execution.")],
+    step: Annotated[str, typer.Argument(metavar="STEP", help="The step to run again (a nested one too: process[3], team@tom).")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    json: Json = False,
+) -> None:
+    """Run a failed step again and continue the execution from there; completed steps do not run again."""
+    from wfctl import api
+    from wfctl.cli.live import progress_display
+
+    display = progress_display(quiet=quiet, json_mode=json)
+    with display:
+        document = api.retry_step(execution_id, step, on_event=display, on_start=display.start)
+    finish(document, json=json, quiet=quiet)
 
 
 def execution(
@@ -146,6 +173,7 @@ def logs(
 
 def register(app: typer.Typer) -> None:
     app.command()(execute)
+    app.command()(retry)
     app.command()(execution)
     app.command()(executions)
     app.command()(logs)
