@@ -54,6 +54,7 @@ class AttemptContext:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     timeout: float | None = None
+    nice: int = 0  # added to the step processes' nice value (low-priority runs)
     cancelled: Callable[[], bool] = lambda: False
     on_process: Callable[[subprocess.Popen | None], None] = lambda proc: None
 
@@ -197,6 +198,11 @@ def run_command(agent: dict, ctx: AttemptContext) -> Outcome:
             os.close(stdin_write)
             return failure("error", f"cannot start {argv[0]!r}: {err.strerror or err}.")
         os.close(stdin_read)
+        if ctx.nice:
+            try:  # the whole group, so a child forked already is reniced too
+                os.setpriority(os.PRIO_PGRP, proc.pid, ctx.nice)
+            except OSError:
+                pass
         ctx.on_process(proc)
         try:
             stdout, ended_by = _communicate(proc, stdin_write, context, ctx)

@@ -20,7 +20,6 @@ from wfctl.config import Config
 from wfctl.errors import (
     Conflict,
     ExitCode,
-    NotYetSupported,
     Problem,
     StepNotFound,
     UsageError,
@@ -149,7 +148,22 @@ def execute(
     `on_event(event, state)` sees every engine event as it happens (the live table);
     `notify` holds command-line notification targets (email, slack, webhook).
     """
-    from wfctl.runner import runner_lock, run_execution
+    execution_id = prepare(workflow, input, priority=priority, dry_run=dry_run, notify=notify)
+    return run_prepared(execution_id, on_event=on_event, on_start=on_start)
+
+
+def prepare(
+    workflow: str,
+    input: Mapping[str, Any] | None = None,
+    *,
+    priority: str = "normal",
+    dry_run: bool = False,
+    notify: Mapping[str, str] | None = None,
+) -> str:
+    """Check everything and write a new execution, `pending`; returns its id.
+
+    Nothing is written when the workflow, its agents or the input are wrong.
+    """
     from wfctl.store import write_json_atomic
     from wfctl.validate import check_execution_input, validate_mapping
 
@@ -191,21 +205,90 @@ def execute(
     if dry_run:
         document["dryRun"] = True
     store.save_snapshot(execution_id, document)
-    state = ExecutionState(document)
+    return execution_id
+
+
+def run_prepared(
+    execution_id: str,
+    *,
+    on_event: Listener | None = None,
+    on_start: Callable[[dict], None] | None = None,
+    queue: bool = False,
+) -> dict:
+    """Run a prepared (`pending`) execution in this process, to its end.
+
+    With `queue`, it first waits for a free slot when `defaults.max_running`
+    executions are already running (high priority first, then oldest).
+    """
+    from wfctl.runner import run_execution, runner_lock, run_slot
+
+    store = _store()
     with runner_lock(store, execution_id):
-        run_execution(
-            store, execution_id, definition, state, run_input,
-            _run_options(config, options, on_event=on_event, on_start=on_start),
-        )
-    if not dry_run:
-        Registry(store).mark_active(record["workflowId"])
+        state, intact = load_execution_state(execution_id)
+        if state.document.get("status") not in ("pending", "interrupted") or state.document.get("startedAt"):
+            raise Conflict(f"execution {execution_id} has already started; use `wfctl resume` to continue it.")
+        frozen = store.load_frozen_workflow(execution_id)
+        config = Config()
+        with run_slot(store, config, state.document, wait=queue):
+            run_execution(
+                store, execution_id, frozen["definition"], state, dict(state.document.get("input") or {}),
+                _run_options(config, frozen.get("options") or {}, state.document, on_event=on_event, on_start=on_start),
+                intact=intact,
+            )
+    if not state.document.get("dryRun"):
+        Registry(store).mark_active(state.document["workflowId"])
     return public_document(state.document)
 
 
-def _run_options(config: Config, options: dict, **listeners: Any):
+def start_detached(execution_id: str, *, wait: float = 30.0, resume: bool = False) -> dict:
+    """Run a prepared execution in a background process that outlives the terminal.
+
+    Returns once that process holds the execution (running, or queued for a slot).
+    """
+    import subprocess
+    import sys
+
+    from wfctl.control import wait_until
+    from wfctl.errors import StoreError
+    from wfctl.runner import runner_alive
+
+    store = _store()
+    exec_dir = store.execution_dir(execution_id)
+    from wfctl.store import open_append
+
+    with open_append(exec_dir / "runner.log") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "wfctl", "_run", execution_id, *(["--resume"] if resume else [])],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # no SIGHUP when the terminal closes
+            close_fds=True,
+        )
+    journal = store.journal_path(execution_id)
+
+    queued = exec_dir / "queued"
+
+    def started() -> bool:
+        return child.poll() is not None or (
+            runner_alive(store, execution_id) and (journal.exists() or queued.exists())
+        )
+
+    wait_until(started, wait)
+    if child.poll() is not None and child.returncode != 0 and not journal.exists():
+        detail = (exec_dir / "runner.log").read_text(errors="replace").strip().splitlines()
+        raise StoreError(f"the background run of {execution_id} did not start: {detail[-1] if detail else 'no output'}")
+    return get_execution(execution_id)
+
+
+NICE_FOR_PRIORITY = {"low": 10, "normal": 0, "high": 0}
+
+
+def _run_options(config: Config, options: dict, document: dict, **listeners: Any):
     from wfctl.runner import RunOptions
 
     return RunOptions(
+        nice=NICE_FOR_PRIORITY.get(document.get("priority") or "normal", 0),
         dry_run=bool(options.get("dryRun")),
         notify=dict(options.get("notify") or {}),
         max_concurrency=int(config.default("max_concurrency") or 4),
@@ -267,14 +350,22 @@ def _continue(
     """Run an execution on from where its record stands (retry, resume)."""
     from wfctl.runner import run_execution
 
+    from wfctl.record import now_iso
+
     frozen = store.load_frozen_workflow(execution_id)
     definition = frozen["definition"]
     prior = prior_from(state, definition, rerun=rerun)
+    # Steps in flight when a runner died run again, as a new attempt.
+    preamble = [
+        {"type": "step.reset", "at": now_iso(), "step": record["id"], "status": "pending", "attempt": "interrupted"}
+        for record in walk(state.document["steps"])
+        if record.get("status") == "running"
+    ]
     config = Config()
-    options = _run_options(config, frozen.get("options") or {}, on_event=on_event, on_start=on_start)
+    options = _run_options(config, frozen.get("options") or {}, state.document, on_event=on_event, on_start=on_start)
     run_execution(
         store, execution_id, definition, state, dict(state.document.get("input") or {}), options,
-        prior=prior, intact=intact,
+        prior=prior, intact=intact, preamble=preamble,
     )
     return public_document(state.document)
 
@@ -421,10 +512,189 @@ def logs(execution_id: str, step: str | None = None) -> dict:
     return {"executionId": execution_id, "logs": entries}
 
 
-def cancel(execution_id: str, reason: str | None = None) -> dict:
-    """Cancel a running execution (arrives with the lifecycle release)."""
-    get_execution(execution_id)
-    raise NotYetSupported("cancelling an execution from another process is not supported yet.")
+FINISHED = ("completed", "failed", "cancelled", "timed_out")
+
+
+def cancel(execution_id: str, reason: str | None = None, *, wait: float = 30.0) -> dict:
+    """Cancel an execution: its runner terminates the running step processes and
+    starts nothing new. An interrupted execution (no runner) is marked cancelled here.
+    Returns the execution document once it has ended (or after `wait` seconds)."""
+    from wfctl.control import Control, wait_until
+    from wfctl.runner import runner_alive, runner_lock
+
+    store = _store()
+    state = load_execution(execution_id)
+    status = state.document.get("status")
+    if status in FINISHED:
+        raise Conflict(f"execution {execution_id} is already {status}; there is nothing to cancel.")
+    control = Control(store.execution_dir(execution_id))
+    control.request_cancel(reason)
+    if not runner_alive(store, execution_id):
+        try:
+            with runner_lock(store, execution_id):
+                _finish_without_runner(store, execution_id, "cancelled", reason)
+        except Conflict:
+            pass  # a runner took it meanwhile: it will see the request
+    wait_until(lambda: get_execution(execution_id).get("status") in FINISHED or not runner_alive(store, execution_id), wait)
+    wait_until(lambda: not runner_alive(store, execution_id), 5.0)
+    return get_execution(execution_id)
+
+
+def _finish_without_runner(store: Store, execution_id: str, status: str, reason: str | None) -> None:
+    """End an execution that no process runs (interrupted) by appending to its journal."""
+    from wfctl.control import Control
+    from wfctl.record import now_iso
+    from wfctl.runner import Recorder, write_trace
+
+    state, intact = load_execution_state(execution_id)
+    recorder = Recorder(store, execution_id, state, intact=intact)
+    for record in walk(state.document["steps"]):
+        if record.get("status") == "running":
+            recorder({"type": "step.reset", "at": now_iso(), "step": record["id"], "status": "cancelled", "attempt": "interrupted"})
+    recorder({"type": "execution.finished", "at": now_iso(), "status": status, "reason": reason})
+    recorder.close()
+    Control(store.execution_dir(execution_id)).clear_cancel()
+    write_trace(store, state.document, store.load_frozen_workflow(execution_id)["definition"])
+
+
+def pause(execution_id: str, *, wait: float = 30.0) -> dict:
+    """Pause a running execution: no new step starts; running steps finish; then
+    its status is `paused`. Returns the document once paused (or after `wait`)."""
+    from wfctl.control import Control, wait_until
+    from wfctl.runner import runner_alive
+
+    store = _store()
+    document = get_execution(execution_id)
+    status = document.get("status")
+    if status == "paused":
+        return document
+    if status not in ("running", "pending") or not runner_alive(store, execution_id):
+        raise Conflict(f"execution {execution_id} is {status}; only a running execution can be paused.")
+    Control(store.execution_dir(execution_id)).request_pause()
+    wait_until(lambda: get_execution(execution_id).get("status") != "running", wait)
+    return get_execution(execution_id)
+
+
+def resume(
+    execution_id: str,
+    *,
+    on_event: Listener | None = None,
+    on_start: Callable[[dict], None] | None = None,
+) -> dict:
+    """Continue a paused execution, or an interrupted one whose runner died.
+
+    A paused execution's runner carries on (this returns at once); an interrupted one
+    is run on here from its journal: completed steps keep their outputs and are never
+    run again, steps that were in flight run again as a new attempt.
+    """
+    from wfctl.control import Control
+    from wfctl.runner import runner_alive, runner_lock
+
+    store = _store()
+    document = get_execution(execution_id)
+    status = document.get("status")
+    control = Control(store.execution_dir(execution_id))
+    if runner_alive(store, execution_id):
+        if control.clear_pause() or status == "paused":
+            return get_execution(execution_id)
+        raise Conflict(f"execution {execution_id} is {status} and not paused; there is nothing to resume.")
+    if status not in ("interrupted", "paused"):
+        raise Conflict(
+            f"execution {execution_id} is {status}; only a paused or interrupted execution can be resumed"
+            + (" (use `wfctl retry EXEC STEP` to run a failed step again)." if status == "failed" else ".")
+        )
+    control.clear_pause()
+    with runner_lock(store, execution_id):
+        state, intact = load_execution_state(execution_id)
+        return _continue(store, execution_id, state, intact, on_event=on_event, on_start=on_start)
+
+
+def watch(
+    execution_id: str,
+    *,
+    on_event: Listener | None = None,
+    on_start: Callable[[dict], None] | None = None,
+    poll: float = 0.1,
+) -> dict:
+    """Follow an execution run by another process, from its journal, until it ends.
+
+    Returns the final document; an execution whose runner dies ends as `interrupted`.
+    """
+    import time
+
+    from wfctl.runner import runner_alive
+
+    store = _store()
+    state, offset = load_execution_state(execution_id)
+    if on_start is not None:
+        on_start(state.document)
+    journal = store.journal_path(execution_id)
+    buffer = b""
+    while state.document.get("status") not in FINISHED + ("interrupted",):
+        alive = runner_alive(store, execution_id)
+        try:
+            with open(journal, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            chunk = b""
+        offset += len(chunk)
+        buffer += chunk
+        complete, _, buffer = buffer.rpartition(b"\n")
+        if complete:
+            events, _ = read_journal(complete + b"\n", source=str(journal))
+            for event in events:
+                state.apply(event)
+                if on_event is not None:
+                    on_event(event, state)
+        if not chunk and not alive:
+            if state.document.get("status") not in FINISHED:
+                state.document["status"] = "interrupted"
+            break
+        if not chunk:
+            time.sleep(poll)
+    return public_document(state.document)
+
+
+def prune(*, older_than: float, statuses: list[str] | None = None, dry_run: bool = False) -> dict:
+    """Remove executions that ended more than `older_than` seconds ago, and their traces.
+
+    Running executions are never removed. Each removal is atomic: the directory is
+    renamed out of the way first, so a reader sees the whole execution or none of it.
+    """
+    import shutil
+    import time
+
+    from wfctl.record import parse_iso
+    from wfctl.runner import runner_alive
+
+    store = _store()
+    cutoff = time.time() - older_than
+    removed = []
+    for execution_id in store.execution_ids():
+        try:
+            document = get_execution(execution_id)
+        except Exception:  # unreadable executions are left for a person to look at
+            continue
+        status = document.get("status")
+        if statuses and status not in statuses:
+            continue
+        if status not in FINISHED and status != "interrupted":
+            continue
+        ended = document.get("completedAt") or document.get("startedAt")
+        if not ended or parse_iso(ended).timestamp() > cutoff or runner_alive(store, execution_id):
+            continue
+        removed.append({"executionId": execution_id, "workflowId": document.get("workflowId"), "status": status})
+        if dry_run:
+            continue
+        trash = store.executions_dir / f".trash-{execution_id}"
+        os.rename(store.execution_dir(execution_id), trash)
+        try:
+            os.unlink(store.trace_path(document["workflowId"], execution_id))
+        except (FileNotFoundError, UsageError):
+            pass
+        shutil.rmtree(trash, ignore_errors=True)
+    return {"removed": removed, "count": len(removed), "dryRun": dry_run}
 
 
 # -- traces ---------------------------------------------------------------------------------

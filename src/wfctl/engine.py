@@ -58,6 +58,7 @@ class Settings:
     team_turn: Callable[[str], int] = lambda team: 0
     # Environment for every step process (the api puts priority and secrets here).
     extra_env: Mapping[str, str] | None = None
+    nice: int = 0  # low-priority runs start their step processes with a higher nice value
 
 
 @dataclass
@@ -103,6 +104,8 @@ class Engine:
         self._workflow_policy = workflow.get("errorHandling") or {}
         self._policies: dict[str, Policy] = {}
         self._pause_gate: Callable[[], None] | None = None
+        self._active_lock = threading.Lock()
+        self.active = 0  # task steps running right now (pausing waits for them to finish)
 
     # -- control ----------------------------------------------------------------------------
     def cancel(self, reason: str | None = None, status: str = "cancelled") -> None:
@@ -311,6 +314,24 @@ class Engine:
     ) -> tuple[bool, Any, dict | None]:
         """Run one task (or one team member's share of a team step) with its retries.
         Returns (ok, output, error)."""
+        with self._active_lock:
+            self.active += 1
+        try:
+            return self._run_attempts(step, key, frame, agent_name, task, policy, member_of)
+        finally:
+            with self._active_lock:
+                self.active -= 1
+
+    def _run_attempts(
+        self,
+        step: dict,
+        key: str,
+        frame: Frame,
+        agent_name: str | None,
+        task: str | None,
+        policy: Policy,
+        member_of: str | None,
+    ) -> tuple[bool, Any, dict | None]:
         parent = member_of or frame.parent
         resolved = self._agent_for(agent_name, step)
         label = agent_name or "run"
@@ -446,6 +467,7 @@ class Engine:
             cwd=step.get("cwd"),
             timeout=step.get("timeout"),
             cancelled=self.cancel_event.is_set,
+            nice=self.settings.nice,
         )
 
     def _inputs(self, step: dict, scope: Mapping) -> dict:

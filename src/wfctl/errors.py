@@ -117,12 +117,6 @@ class Conflict(WfctlError):
     exit_code = ExitCode.CONFLICT
 
 
-class NotYetSupported(WfctlError):
-    """A capability whose shape exists but whose behaviour lands in a later release."""
-
-    exit_code = ExitCode.CONFLICT
-
-
 class StoreError(WfctlError):
     """The data directory could not be read or written."""
 

@@ -272,9 +272,12 @@ def _step_reset(state: ExecutionState, event: dict) -> None:
     record = state.record(event["step"])
     if record is None:
         return
-    record["status"] = "pending"
+    record["status"] = event.get("status", "pending")
     for stale in ("completedAt", "duration", "error", "output"):
         record.pop(stale, None)
+    attempts = record.get("attempts")
+    if attempts and attempts[-1].get("status") == "running":
+        attempts[-1]["status"] = event.get("attempt", "interrupted")
     if state.document.get("currentStep") == event["step"]:
         state.document["currentStep"] = None
     state._progress()

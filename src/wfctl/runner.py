@@ -182,6 +182,7 @@ class RunOptions:
     teams: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     extra_env: dict = field(default_factory=dict)
+    nice: int = 0
 
 
 def run_execution(
@@ -194,6 +195,7 @@ def run_execution(
     *,
     prior: "Prior | None" = None,
     intact: int | None = None,
+    preamble: list[dict] | None = None,
 ) -> dict:
     """Drive the engine for one execution while holding its runner lock.
 
@@ -206,6 +208,8 @@ def run_execution(
     workflow_id = document["workflowId"]
     exec_dir = store.execution_dir(execution_id)
     recorder = Recorder(store, execution_id, state, intact=intact)
+    for event in preamble or ():
+        recorder(event)
     if options.on_event is not None:
         recorder.listeners.append(options.on_event)
     targets = targets_from(
@@ -242,9 +246,15 @@ def run_execution(
         max_concurrency=options.max_concurrency,
         dry_run=options.dry_run,
         team_turn=lambda team: store.next_team_turn(workflow_id, team),
-        extra_env=options.extra_env,
+        extra_env={**options.extra_env, "WFCTL_PRIORITY": str(document.get("priority") or "normal")},
+        nice=options.nice,
     )
     engine = Engine(definition, settings, recorder, prior=prior)
+    from wfctl.control import Control, Watcher
+
+    control = Control(exec_dir)
+    control.clear_cancel()  # a cancel request belongs to the run it was made for
+    watcher = Watcher(control, engine, recorder)
     started: dict[str, Any] = {}
     estimate = estimate_duration(store, workflow_id)
     if estimate is not None:
@@ -261,8 +271,10 @@ def run_execution(
     try:
         if timer is not None:
             timer.start()
+        watcher.start()
         with interrupt_handlers(lambda: engine.cancel("interrupted by Ctrl-C", status="interrupted")):
             status, failure = engine.run(run_input, started=started)
+        watcher.stop()
         if timer is not None:
             timer.cancel()
         for sender in pending_sends:
@@ -273,6 +285,7 @@ def run_execution(
         if status in ("completed", "failed", "cancelled", "timed_out"):
             deliver(status, (failure or {}).get("step"), failure)
     finally:
+        watcher.stop()
         if timer is not None:
             timer.cancel()
         recorder.close()
@@ -285,3 +298,79 @@ def iso_after(epoch: float, seconds: float) -> str:
 
     moment = datetime.fromtimestamp(epoch + seconds, timezone.utc)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
+
+
+@contextmanager
+def run_slot(store: Store, config: Any, document: dict, *, wait: bool) -> Iterator[None]:
+    """One of `defaults.max_running` run slots (flock'd files), when a limit is set.
+
+    Without `wait` (a foreground run) the run goes ahead even when every slot is taken.
+    With it (a detached run), the run waits in a queue served by priority, then age:
+    each waiter has a file in `queue/` named by its rank, and only the first live
+    waiter may take a free slot.
+    """
+    limit = config.default("max_running")
+    if not limit:
+        yield
+        return
+    slots_dir = store.root / "slots"
+    queue_dir = store.root / "queue"
+    from wfctl.store import ensure_dir
+
+    ensure_dir(slots_dir)
+    ensure_dir(queue_dir)
+    execution_id = document["executionId"]
+    rank = f"{PRIORITY_RANK.get(document.get('priority') or 'normal', 1)}-{execution_id}"
+    entry = queue_dir / rank
+    held: FileLock | None = None
+    marker = store.execution_dir(execution_id) / "queued"
+    try:
+        if wait:
+            entry.touch(mode=0o600)
+            marker.touch(mode=0o600)
+        while True:
+            if not wait or _first_in_queue(store, queue_dir, rank):
+                for number in range(int(limit)):
+                    lock = FileLock(slots_dir / f"{number}.lock", blocking=False)
+                    if lock.acquire():
+                        held = lock
+                        break
+            if held is not None or not wait:
+                break
+            time.sleep(0.1)
+        for path in (entry, marker):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        yield
+    finally:
+        for path in (entry, marker):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        if held is not None:
+            held.release()
+
+
+def _first_in_queue(store: Store, queue_dir: Path, rank: str) -> bool:
+    """Is `rank` the first waiter whose runner is alive? Dead waiters are removed."""
+    for name in sorted(os.listdir(queue_dir)):
+        if name == rank:
+            return True
+        execution_id = name.split("-", 1)[-1]
+        try:
+            alive = runner_alive(store, execution_id)
+        except Exception:  # a name that is not an execution id is not a waiter
+            alive = False
+        if alive:
+            return False
+        try:
+            os.unlink(queue_dir / name)
+        except FileNotFoundError:
+            pass
+    return True

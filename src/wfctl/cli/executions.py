@@ -50,6 +50,7 @@ def execute(
     notify_email: Annotated[Optional[str], typer.Option("--notify-email", help="Email these addresses (comma-separated) about the run.")] = None,
     notify_slack: Annotated[Optional[str], typer.Option("--notify-slack", help="Post to this Slack channel about the run.")] = None,
     notify_webhook: Annotated[Optional[str], typer.Option("--notify-webhook", help="POST the run's events to this URL.")] = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background; print the execution id once it runs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     json: Json = False,
 ) -> None:
@@ -59,12 +60,142 @@ def execute(
 
     given = parse_input(input)
     notify = {"email": notify_email, "slack": notify_slack, "webhook": notify_webhook}
+    execution_id = api.prepare(workflow, given, priority=priority, dry_run=dry_run, notify=notify)
+    if detach:
+        document = api.start_detached(execution_id)
+        if json:
+            emit_json(document)
+        else:
+            typer.echo(execution_id)
+            if not quiet:
+                say(f"{execution_id} {document['status']} in the background · follow it with: wfctl watch {execution_id}")
+        return
     display = progress_display(quiet=quiet, json_mode=json)
     with display:
-        document = api.execute(
-            workflow, given, priority=priority, dry_run=dry_run, notify=notify, on_event=display, on_start=display.start
-        )
+        document = api.run_prepared(execution_id, on_event=display, on_start=display.start)
     finish(document, json=json, quiet=quiet)
+
+
+def run_detached(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC")],
+    resume: Annotated[bool, typer.Option("--resume")] = False,
+) -> None:
+    """Run a prepared execution here (what `execute --detach` starts in the background)."""
+    from wfctl import api
+
+    if resume:
+        document = api.resume(execution_id)
+    else:
+        document = api.run_prepared(execution_id, queue=True)
+    raise typer.Exit(int(api.exit_code_for(document)))
+
+
+def watch(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC", help="An execution id.")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display; just wait for the end.")] = False,
+    json: Json = False,
+) -> None:
+    """Show the live table of an execution run elsewhere until it ends; the exit code is the execution's."""
+    from wfctl import api
+    from wfctl.cli.live import progress_display
+
+    display = progress_display(quiet=quiet, json_mode=json)
+    with display:
+        document = api.watch(execution_id, on_event=display, on_start=display.start)
+    finish(document, json=json, quiet=quiet)
+
+
+def cancel(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC", help="An execution id.")],
+    reason: Annotated[Optional[str], typer.Option("--reason", "-r", help="Why; kept in the record as cancelReason.")] = None,
+    json: Json = False,
+) -> None:
+    """Cancel an execution: running step processes are terminated and nothing new starts."""
+    from wfctl import api
+
+    document = api.cancel(execution_id, reason)
+    if json:
+        emit_json(document)
+    else:
+        say(f"{execution_id} {document['status']}" + (f": {reason}" if reason else ""))
+
+
+def pause(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC", help="An execution id.")],
+    json: Json = False,
+) -> None:
+    """Pause an execution: no new step starts; running steps finish; then it is paused."""
+    from wfctl import api
+
+    document = api.pause(execution_id)
+    if json:
+        emit_json(document)
+    else:
+        say(f"{execution_id} {document['status']} · continue it with: wfctl resume {execution_id}")
+
+
+def resume(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC", help="A paused or interrupted execution.")],
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Continue an interrupted execution in the background.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    json: Json = False,
+) -> None:
+    """Continue a paused execution, or one whose runner died (crash, kill, reboot)."""
+    from wfctl import api
+    from wfctl.cli.live import progress_display
+    from wfctl.runner import runner_alive
+    from wfctl.store import Store
+
+    if runner_alive(Store(), execution_id):
+        document = api.resume(execution_id)
+        if json:
+            emit_json(document)
+        else:
+            say(f"{execution_id} resumed")
+        return
+    if detach:
+        api.get_execution(execution_id)
+        document = api.start_detached(execution_id, resume=True)
+        if json:
+            emit_json(document)
+        else:
+            typer.echo(execution_id)
+        return
+    display = progress_display(quiet=quiet, json_mode=json)
+    with display:
+        document = api.resume(execution_id, on_event=display, on_start=display.start)
+    finish(document, json=json, quiet=quiet)
+
+
+def prune(
+    older_than: Annotated[str, typer.Option("--older-than", help="Age, such as 30d, 12h, 90m or 3600s.")],
+    status: Annotated[Optional[list[str]], typer.Option("--status", help="Only executions with this status (repeat).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be removed.")] = False,
+    json: Json = False,
+) -> None:
+    """Remove executions that ended before a given age, with their traces."""
+    from wfctl import api
+
+    result = api.prune(older_than=parse_age(older_than), statuses=status or None, dry_run=dry_run)
+    if json:
+        emit_json(result)
+    else:
+        verb = "would remove" if dry_run else "removed"
+        say(f"{verb} {result['count']} execution{'s' if result['count'] != 1 else ''}")
+
+
+def parse_age(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    number, unit = text[:-1], text[-1:]
+    if unit.isdigit():
+        number, unit = text, "s"
+    try:
+        value = float(number)
+    except ValueError:
+        raise UsageError(f"--older-than must look like 30d, 12h, 90m or 3600s, not '{text}'.") from None
+    if unit not in units or value < 0:
+        raise UsageError(f"--older-than must look like 30d, 12h, 90m or 3600s, not '{text}'.")
+    return value * units[unit]
 
 
 def finish(document: dict, *, json: bool, quiet: bool) -> None:
@@ -174,6 +305,12 @@ def logs(
 def register(app: typer.Typer) -> None:
     app.command()(execute)
     app.command()(retry)
+    app.command()(watch)
+    app.command()(cancel)
+    app.command()(pause)
+    app.command()(resume)
+    app.command()(prune)
+    app.command("_run", hidden=True)(run_detached)
     app.command()(execution)
     app.command()(executions)
     app.command()(logs)

@@ -1,0 +1,139 @@
+"""Steering a running execution from another process: cancel, pause and resume as files.
+
+`wfctl cancel` and `wfctl pause` write a request into the execution's directory; the
+process running it watches for requests (every WATCH_SECONDS) and acts on them. Files
+work across terminals, CI steps and reboots, need no server, and a request made while
+no runner is alive is still there when one starts again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from wfctl.record import now_iso
+from wfctl.store import read_json, write_json_atomic
+
+WATCH_SECONDS = 0.1
+
+
+class Control:
+    """The request files of one execution directory."""
+
+    def __init__(self, execution_dir: Path) -> None:
+        self.cancel_path = execution_dir / "cancel.json"
+        self.pause_path = execution_dir / "pause.json"
+
+    def request_cancel(self, reason: str | None) -> None:
+        write_json_atomic(self.cancel_path, {"reason": reason, "at": now_iso(), "pid": os.getpid()})
+
+    def request_pause(self) -> None:
+        write_json_atomic(self.pause_path, {"at": now_iso(), "pid": os.getpid()})
+
+    def clear_pause(self) -> bool:
+        try:
+            os.unlink(self.pause_path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def clear_cancel(self) -> None:
+        try:
+            os.unlink(self.cancel_path)
+        except FileNotFoundError:
+            pass
+
+    def cancel_request(self) -> dict | None:
+        try:
+            request = read_json(self.cancel_path)
+        except FileNotFoundError:
+            return None
+        except Exception:  # a request being written right now is read on the next look
+            return None
+        return request if isinstance(request, dict) else {"reason": None}
+
+    def pause_requested(self) -> bool:
+        return self.pause_path.exists()
+
+
+class Watcher:
+    """Runs beside the engine: applies cancel and pause requests as they appear.
+
+    Pausing: no new step starts (the engine's gate blocks), running steps finish, and
+    the execution is `paused` once none is running. Removing the request resumes it.
+    """
+
+    def __init__(self, control: Control, engine: Any, emit: Callable[[dict], None]) -> None:
+        self.control = control
+        self.engine = engine
+        self.emit = emit
+        self._condition = threading.Condition()
+        self._pausing = control.pause_requested()
+        self._announced = False
+        self._stop = threading.Event()
+        self._started = False
+        self._thread = threading.Thread(target=self._watch, name="wfctl-control", daemon=True)
+        engine.set_pause_gate(self.gate)
+
+    def start(self) -> None:
+        self._started = True
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._condition:
+            self._condition.notify_all()
+        if self._started:
+            self._thread.join()
+
+    def gate(self) -> None:
+        """Called before a step starts; returns once the execution is not paused."""
+        with self._condition:
+            while self._pausing and not self.engine.cancelled and not self._stop.is_set():
+                self._condition.wait(0.5)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCH_SECONDS):
+            self.check()
+
+    def check(self) -> None:
+        request = self.control.cancel_request()
+        if request is not None and not self.engine.cancelled:
+            self.engine.cancel(request.get("reason"), status="cancelled")
+            with self._condition:
+                self._condition.notify_all()
+        pausing = self.control.pause_requested()
+        with self._condition:
+            if pausing and not self._pausing:
+                self._pausing = True
+            elif not pausing and self._pausing:
+                self._pausing = False
+                if self._announced:
+                    self._announced = False
+                    self.emit({"type": "execution.status", "at": now_iso(), "status": "running"})
+                self._condition.notify_all()
+            if self._pausing and not self._announced and self.engine.active == 0 and not self.engine.cancelled:
+                self._announced = True
+                self.emit({"type": "execution.status", "at": now_iso(), "status": "paused"})
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it holds or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def read_lock_info(execution_dir: Path) -> dict:
+    try:
+        return json.loads((execution_dir / "lock").read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
