@@ -102,7 +102,7 @@ class Engine:
         self._sleep = sleep
         self._specials = {"input": self.input, "steps": self.steps_view}
         self._workflow_policy = workflow.get("errorHandling") or {}
-        self._policies: dict[str, Policy] = {}
+        self._policies: dict[int, Policy] = {}
         self._pause_gate: Callable[[], None] | None = None
         self._active_lock = threading.Lock()
         self.active = 0  # task steps running right now (pausing waits for them to finish)
@@ -133,10 +133,12 @@ class Engine:
             self.cancel_event.wait(seconds)
 
     def _policy(self, step: dict) -> Policy:
-        policy = self._policies.get(step["id"])
+        # Keyed by the step's errorHandling object: every step without one shares a policy.
+        own = step.get("errorHandling")
+        policy = self._policies.get(id(own))
         if policy is None:
-            policy = policy_for(self._workflow_policy, step.get("errorHandling"))
-            self._policies[step["id"]] = policy
+            policy = policy_for(self._workflow_policy, own)
+            self._policies[id(own)] = policy
         return policy
 
     # -- running ----------------------------------------------------------------------------

@@ -136,6 +136,9 @@ class ExecutionState:
         self.index = index_steps(document["steps"])
         self.top_level = {record["id"] for record in document["steps"]}
         self.events = 0
+        # Top-level steps that are done, kept up to date per event (not recounted: a
+        # recount per step would make a long run quadratic).
+        self._done = {r["id"] for r in document["steps"] if _is_done(r)}
 
     def apply(self, event: dict) -> None:
         self.events += 1
@@ -166,15 +169,24 @@ class ExecutionState:
         self.index[key] = (record, parent_key)
         return record
 
-    def _progress(self) -> None:
-        steps = self.document["steps"]
-        done = sum(1 for record in steps if record["status"] in STEP_DONE or record.get("continued"))
-        total = len(steps)
+    def _progress(self, key: str | None = None) -> None:
+        if key is not None:
+            record = self.record(key)
+            if record is not None and _is_done(record):
+                self._done.add(key)
+            else:
+                self._done.discard(key)
+        done = len(self._done)
+        total = len(self.document["steps"])
         self.document["progress"] = {
             "completed": done,
             "total": total,
             "percentage": int(done * 100 / total) if total else 100,
         }
+
+
+def _is_done(record: dict) -> bool:
+    return record["status"] in STEP_DONE or bool(record.get("continued"))
 
 
 def _execution_started(state: ExecutionState, event: dict) -> None:
@@ -215,6 +227,8 @@ def _step_started(state: ExecutionState, event: dict) -> None:
     if "total" in event:
         record["total"] = event["total"]
     state.document["currentStep"] = event["step"]
+    if event["step"] in state.top_level:
+        state._progress(event["step"])
 
 
 def _attempt_end(record: dict, event: dict, status: str) -> None:
@@ -264,7 +278,7 @@ def _step_finished(state: ExecutionState, event: dict) -> None:
     if state.document.get("currentStep") == event["step"]:
         state.document["currentStep"] = None
     if event["step"] in state.top_level:
-        state._progress()
+        state._progress(event["step"])
 
 
 def _step_reset(state: ExecutionState, event: dict) -> None:
@@ -280,7 +294,7 @@ def _step_reset(state: ExecutionState, event: dict) -> None:
         attempts[-1]["status"] = event.get("attempt", "interrupted")
     if state.document.get("currentStep") == event["step"]:
         state.document["currentStep"] = None
-    state._progress()
+    state._progress(event["step"])
 
 
 def _execution_status(state: ExecutionState, event: dict) -> None:

@@ -128,9 +128,14 @@ def write_bytes_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
         raise StoreError(f"cannot write {path}: {err.strerror or err}.") from err
 
 
-def write_json_atomic(path: Path, document: Any, *, sync: bool = True) -> None:
-    data = json.dumps(document, indent=2, ensure_ascii=False, default=str).encode("utf-8") + b"\n"
-    write_bytes_atomic(path, data, sync=sync)
+def write_json_atomic(path: Path, document: Any, *, sync: bool = True, compact: bool = False) -> None:
+    """Write a JSON document atomically. `compact` documents (snapshots, traces) skip the
+    indentation: Python's fast C encoder only runs without it, and they can be large."""
+    if compact:
+        text = json.dumps(document, ensure_ascii=False, separators=(",", ":"), default=str)
+    else:
+        text = json.dumps(document, indent=2, ensure_ascii=False, default=str)
+    write_bytes_atomic(path, text.encode("utf-8") + b"\n", sync=sync)
 
 
 def read_json(path: Path) -> Any:
@@ -267,7 +272,7 @@ class Store:
             raise ExecutionNotFound(f"no execution with id {execution_id}.") from None
 
     def save_snapshot(self, execution_id: str, document: dict, *, sync: bool = True) -> None:
-        write_json_atomic(self.execution_dir(execution_id) / "execution.json", document, sync=sync)
+        write_json_atomic(self.execution_dir(execution_id) / "execution.json", document, sync=sync, compact=True)
 
     def load_frozen_workflow(self, execution_id: str) -> dict:
         try:
@@ -281,7 +286,7 @@ class Store:
     # -- traces --------------------------------------------------------------------------
     def save_trace(self, workflow_id: str, trace: dict) -> None:
         path = self.trace_path(workflow_id, trace["id"])
-        write_json_atomic(path, trace)
+        write_json_atomic(path, trace, compact=True)
 
     def load_trace(self, workflow_id: str, trace_id: str) -> dict:
         try:
