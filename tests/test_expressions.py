@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 
 import pytest
@@ -833,3 +834,50 @@ def test_render_shell_non_string_values_reach_the_command_as_json(tmp_path):
     )
     assert json.loads(result.stdout) == value
     assert not (tmp_path / "pwned").exists()
+
+
+# --- quoting contexts beyond plain quotes, run through a real /bin/sh -------------------
+SHELL_CONTEXTS = [
+    'out="$(printf %s "{{ v }}")"; printf %s "$out"',
+    "out=$(printf %s {{ v }}); printf %s \"$out\"",
+    "# don't be fooled by this apostrophe\nprintf %s {{ v }}",
+    'printf %s "$(printf %s "$(printf %s {{ v }})")"',
+    "cat <<EOF\n{{ v }}\nEOF",
+    "cat <<-EOF\n\t{{ v }}\n\tEOF",
+    'x=`printf %s {{ v }}`; printf %s "$x"',
+    "f() { printf %s {{ v }}; }; f",
+    "case x in (x) printf %s {{ v }};; esac",
+]
+SHELL_VALUES = ["a  b *", "it's \"quoted\"", "$(touch pwned)", "`touch pwned`", "; touch pwned; #", "$HOME"]
+
+
+@pytest.mark.parametrize("command", SHELL_CONTEXTS)
+@pytest.mark.parametrize("value", SHELL_VALUES)
+def test_render_shell_in_nested_contexts_keeps_the_value(command, value, tmp_path):
+    from wfctl.expressions import parse_template
+
+    (tmp_path / "a-file").write_text("x")  # something a stray glob would match
+    text, env = parse_template(command).render_shell({"v": value})
+    result = subprocess.run(
+        ["/bin/sh", "-c", text], env={**os.environ, **env}, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    expected = value + "\n" if "<<" in command else value
+    assert result.stdout == expected
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        ("cat <<'EOF'\n{{ v }}\nEOF", "quoted here-document"),
+        ('echo "${X:-{{ v }}}"', "${...}"),
+        ('echo "`echo {{ v }}`"', "use $(...)"),
+        ("echo \\{{ v }}", "backslash"),
+    ],
+)
+def test_render_shell_refuses_contexts_it_cannot_quote(command, message):
+    from wfctl.expressions import parse_template
+
+    with pytest.raises(ExpressionError, match=re.escape(message)):
+        parse_template(command).render_shell({"v": "x"})

@@ -586,11 +586,20 @@ class Engine:
         from wfctl.expressions import parse, truthy
 
         condition = step.get("condition")
+        extra: dict[str, Any] = {}
         if isinstance(condition, bool):
             chosen = condition
         else:
-            chosen = truthy(parse(str(condition)).evaluate(self._scope(frame)))
+            try:
+                chosen = truthy(parse(str(condition)).evaluate(self._scope(frame)))
+            except ExpressionError as err:
+                if not self.settings.dry_run:
+                    raise
+                # Echo outputs rarely have the fields a condition reads: a dry run
+                # follows `then` and says the condition could not be decided.
+                chosen, extra = True, {"undecided": err.message}
         branch = "then" if chosen else "else"
+        extra["branch"] = branch
         taken = branch_steps(step.get("then") if chosen else step.get("else"))
         skipped = branch_steps(step.get("else") if chosen else step.get("then"))
         inner = frame.child(key)
@@ -599,11 +608,11 @@ class Engine:
         value = None
         for child in taken:
             if self.cancelled:
-                return False, None, None, {"branch": branch}
+                return False, None, None, extra
             ok, value = self._run_step(child, inner)
             if not ok:
-                return False, None, {"kind": "failed", "message": f"step '{child['id']}' failed."}, {"branch": branch}
-        return True, value, None, {"branch": branch}
+                return False, None, {"kind": "failed", "message": f"step '{child['id']}' failed."}, extra
+        return True, value, None, extra
 
     def _skip(self, step: dict, frame: Frame) -> None:
         key = step["id"] + frame.suffix

@@ -1058,32 +1058,177 @@ def _parse_cached(source: str) -> Expression:
 # --------------------------------------------------------------------------- templates
 
 _UNQUOTED, _SINGLE, _DOUBLE, _ESCAPED = "unquoted", "single", "double", "escaped"
+_HEREDOC, _COMMENT = "heredoc", "comment"
+# Contexts where a value cannot be placed safely; a template there is an error.
+_REFUSED = {
+    _ESCAPED: "a '{{ }}' in a shell command cannot follow a backslash; remove the backslash",
+    "quoted-heredoc": "a '{{ }}' inside a quoted here-document ('EOF') would never be expanded; "
+    "leave the delimiter unquoted",
+    "brace": "a '{{ }}' cannot stand inside ${...}; assign it to a variable first",
+    "backtick-in-double": "a '{{ }}' cannot stand inside `...` within \"...\"; use $(...) instead",
+}
 _SHELL_REFERENCE = {
     _UNQUOTED: '"${{{0}}}"',
     _DOUBLE: "${{{0}}}",
     _SINGLE: "'\"${{{0}}}\"'",
+    _HEREDOC: "${{{0}}}",  # an unquoted here-document expands $VAR without splitting it
+    _COMMENT: "${{{0}}}",  # never run
 }
 _PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z", re.ASCII)
+_WORD_BREAK = " \t\n;&|()<>"
 
 
-def _shell_scan(text: str, state: str, escaped: bool) -> tuple[str, bool]:
-    """Advance a POSIX sh quote state over literal text: unquoted, '…' or "…"."""
-    for c in text:
-        if escaped:
-            escaped = False
-        elif state == _SINGLE:
+class _ShellScanner:
+    """Tracks the POSIX sh quoting context across the literal text of a command.
+
+    It knows '...', "...", backslashes, $(...) (which starts a fresh context, even
+    inside "..."), `...`, ${...}, # comments and here-documents, so that the reference
+    replacing a `{{ }}` is quoted for exactly where it stands. A context it cannot
+    serve safely (after a backslash, in a quoted here-document, inside ${...}) is
+    reported as such and the template is refused.
+    """
+
+    def __init__(self) -> None:
+        # Each frame: [kind, depth]; depth counts "(" inside $( ) so ")" matches.
+        self.stack: list[list] = [["top", 0]]
+        self.escaped = False
+        self.at_word_start = True
+        self.pending: list[tuple[str, bool, bool]] = []  # heredocs: (delimiter, quoted, strip tabs)
+        self.heredoc: tuple[str, bool, bool] | None = None
+        self.line = ""
+        self._lookahead = ""
+
+    def context(self) -> str:
+        if self.escaped:
+            return _ESCAPED
+        if self.heredoc is not None:
+            return "quoted-heredoc" if self.heredoc[1] else _HEREDOC
+        kind = self.stack[-1][0]
+        if kind in ("top", "cmd"):
+            return _UNQUOTED
+        if kind == "backtick":
+            return "backtick-in-double" if any(f[0] == "double" for f in self.stack[:-1]) else _UNQUOTED
+        return {"single": _SINGLE, "double": _DOUBLE, "comment": _COMMENT, "brace": "brace"}[kind]
+
+    def feed(self, text: str) -> None:
+        text = self._lookahead + text
+        self._lookahead = ""
+        i, n = 0, len(text)
+        while i < n:
+            c = text[i]
+            if self.heredoc is not None:
+                if c == "\n":
+                    delimiter, _quoted, strip = self.heredoc
+                    line = self.line.lstrip("\t") if strip else self.line
+                    if line == delimiter:
+                        self.heredoc = self.pending.pop(0) if self.pending else None
+                    self.line = ""
+                else:
+                    self.line += c
+                i += 1
+                continue
+            kind = self.stack[-1][0]
+            if self.escaped:
+                self.escaped = False
+                self.at_word_start = False
+                i += 1
+                continue
+            if kind == "single":
+                if c == "'":
+                    self.stack.pop()
+                i += 1
+                continue
+            if kind == "comment":
+                if c == "\n":
+                    self.stack.pop()
+                    self._newline()
+                i += 1
+                continue
+            if c == "\\":
+                self.escaped = True
+                i += 1
+                continue
+            if c == "$" and i + 1 < n and text[i + 1] == "(":
+                self.stack.append(["cmd", 0])
+                self.at_word_start = True
+                i += 2
+                continue
+            if c == "$" and i + 1 < n and text[i + 1] == "{":
+                self.stack.append(["brace", 0])
+                i += 2
+                continue
+            if c == "$" and i + 1 == n:
+                self._lookahead = "$"  # decide with the next piece of text
+                return
+            if c == "`":
+                if kind == "backtick":
+                    self.stack.pop()
+                else:
+                    self.stack.append(["backtick", 0])
+                i += 1
+                continue
+            if kind == "double":
+                if c == '"':
+                    self.stack.pop()
+                i += 1
+                continue
+            if kind == "brace":
+                if c == "}":
+                    self.stack.pop()
+                i += 1
+                continue
+            # unquoted: top, cmd or backtick
             if c == "'":
-                state = _UNQUOTED
-        elif c == "\\":
-            escaped = True
-        elif state == _DOUBLE:
-            if c == '"':
-                state = _UNQUOTED
-        elif c == "'":
-            state = _SINGLE
-        elif c == '"':
-            state = _DOUBLE
-    return state, escaped
+                self.stack.append(["single", 0])
+                self.at_word_start = False
+            elif c == '"':
+                self.stack.append(["double", 0])
+                self.at_word_start = False
+            elif c == "#" and self.at_word_start:
+                self.stack.append(["comment", 0])
+            elif c == "(" and kind == "cmd":
+                self.stack[-1][1] += 1
+                self.at_word_start = True
+            elif c == ")" and kind == "cmd":
+                if self.stack[-1][1] == 0:
+                    self.stack.pop()
+                else:
+                    self.stack[-1][1] -= 1
+                self.at_word_start = True
+            elif c == "<" and text.startswith("<<", i) and not text.startswith("<<<", i):
+                consumed = self._heredoc_operator(text, i)
+                if consumed:
+                    i += consumed
+                    continue
+                self.at_word_start = True
+            elif c == "\n":
+                self._newline()
+            else:
+                self.at_word_start = c in _WORD_BREAK
+            i += 1
+
+    def _newline(self) -> None:
+        self.at_word_start = True
+        if self.pending and len(self.stack) == 1:
+            self.heredoc = self.pending.pop(0)
+            self.line = ""
+
+    def _heredoc_operator(self, text: str, i: int) -> int:
+        """Read `<<[-] WORD`; returns the characters consumed (0 if not a heredoc)."""
+        j = i + 2
+        strip = j < len(text) and text[j] == "-"
+        if strip:
+            j += 1
+        while j < len(text) and text[j] in " \t":
+            j += 1
+        match = re.match(r"""(?:'([^']*)'|"([^"]*)"|\\?([A-Za-z0-9_.\-]+))""", text[j:])
+        if not match:
+            return 0
+        delimiter = next(g for g in match.groups() if g is not None)
+        quoted = match.group(3) is None or text[j] == "\\"
+        self.pending.append((delimiter, quoted, strip))
+        self.at_word_start = False
+        return j - i + match.end()
 
 
 def _template_end(text: str, start: int) -> int:
@@ -1113,12 +1258,13 @@ class Template:
         self._parts = tuple(parts)
         self._expressions = tuple(p[0] for p in parts if isinstance(p, tuple))
         states: list[str] = []
-        state, escaped = _UNQUOTED, False
+        scanner = _ShellScanner()
         for part in self._parts:
             if isinstance(part, str):
-                state, escaped = _shell_scan(part, state, escaped)
+                scanner.feed(part)
             else:
-                states.append(_ESCAPED if escaped else state)
+                states.append(scanner.context())
+                scanner.at_word_start = False
         self._shell_states = tuple(states)
 
     @property
@@ -1166,10 +1312,8 @@ class Template:
                 continue
             expression, offset = part
             state = self._shell_states[n]
-            if state == _ESCAPED:
-                raise ExpressionError(
-                    "a '{{ }}' in a shell command cannot follow a backslash; remove the backslash", offset
-                )
+            if state in _REFUSED:
+                raise ExpressionError(_REFUSED[state], offset)
             value = _render_value(expression, scope)
             if "\0" in value:
                 raise ExpressionError(

@@ -271,7 +271,7 @@ def _step_finished(state: ExecutionState, event: dict) -> None:
         record["output"] = {name: output} if name else output
     if event.get("error"):
         record["error"] = event["error"]
-    for key in ("member", "branch", "recoveredBy", "continued"):
+    for key in ("member", "branch", "undecided", "recoveredBy", "continued"):
         if event.get(key) is not None:
             record[key] = event[key]
     _attempt_end(record, event, "completed" if status == "completed" else "failed")

@@ -192,6 +192,10 @@ def _has_input_type(value: Any, wanted: str) -> bool:
 
 
 # -- the tree of steps, gathered once (iteratively) ----------------------------------------------
+_LOOP_SCOPE = frozenset({"item", "index"})
+_FALLBACK_SCOPE = frozenset({"error"})
+
+
 class _Tree:
     """Facts about the whole step tree that the in-order walk needs ahead of time.
 
@@ -206,17 +210,19 @@ class _Tree:
         self.count = 0
         self.too_many = False
         self.too_deep: str | None = None  # path of the first step nested too deep
-        roots: list[tuple[Any, str, int]] = []
+        # Each entry: (step, path, depth, names in scope there: item/index in a loop
+        # body, error in a fallback), so those names are not taken for --input ones.
+        roots: list[tuple[Any, str, int, frozenset]] = []
         handling = doc.get("errorHandling")
         if isinstance(handling, dict) and "fallback" in handling:
-            roots.append((handling["fallback"], "errorHandling.fallback", 1))
+            roots.append((handling["fallback"], "errorHandling.fallback", 1, _FALLBACK_SCOPE))
         steps = doc.get("steps")
         if isinstance(steps, list):
-            roots.extend((s, child_path("steps", i), 1) for i, s in enumerate(steps))
+            roots.extend((s, child_path("steps", i), 1, frozenset()) for i, s in enumerate(steps))
         stack = list(reversed(roots))
         inputs_read: list[str] = []
         while stack:
-            step, path, depth = stack.pop()
+            step, path, depth, scoped = stack.pop()
             self.count += 1
             if self.count > spec.MAX_STEPS:
                 self.too_many = True
@@ -235,28 +241,29 @@ class _Tree:
                 self.producers.setdefault(out, []).append((label, path))
             names = step.get("input")
             for name in names if isinstance(names, list) else [names]:
-                if isinstance(name, str):
+                if isinstance(name, str) and name not in scoped:
                     inputs_read.append(name)
                     self.consumers.setdefault(name, label)
             items = step.get("items")
-            if isinstance(items, str) and _is_bare_name(items):
+            if isinstance(items, str) and _is_bare_name(items) and items.strip() not in scoped:
                 inputs_read.append(items.strip())
                 self.consumers.setdefault(items.strip(), label)
-            children: list[tuple[Any, str, int]] = []
+            children: list[tuple[Any, str, int, frozenset]] = []
             for key in step:
                 value = step[key]
                 key_path = child_path(path, key) if isinstance(key, str) else path
                 if key == "steps" and isinstance(value, list):
-                    children.extend((c, child_path(key_path, i), depth + 1) for i, c in enumerate(value))
+                    children.extend((c, child_path(key_path, i), depth + 1, scoped) for i, c in enumerate(value))
                 elif key in ("then", "else"):
                     if isinstance(value, list):
-                        children.extend((c, child_path(key_path, i), depth + 1) for i, c in enumerate(value))
+                        children.extend((c, child_path(key_path, i), depth + 1, scoped) for i, c in enumerate(value))
                     elif isinstance(value, dict):
-                        children.append((value, key_path, depth + 1))
+                        children.append((value, key_path, depth + 1, scoped))
                 elif key == "step" and isinstance(value, dict):
-                    children.append((value, key_path, depth + 1))
+                    children.append((value, key_path, depth + 1, scoped | _LOOP_SCOPE))
                 elif key == "errorHandling" and isinstance(value, dict) and "fallback" in value:
-                    children.append((value["fallback"], child_path(key_path, "fallback"), depth + 1))
+                    fallback_path = child_path(key_path, "fallback")
+                    children.append((value["fallback"], fallback_path, depth + 1, scoped | _FALLBACK_SCOPE))
             stack.extend(reversed(children))
         self.external: set[str] = {n for n in inputs_read if n not in self.producers}
 

@@ -13,12 +13,15 @@ from wfctl.cli.output import emit_json, say, stdout_console
 
 def validate(
     file: Annotated[Path, typer.Argument(help="A workflow file (.yaml, .yml or .json).")],
+    skip_agents: Annotated[
+        bool, typer.Option("--skip-agents", help="Do not check that agents and teams exist in config.toml.")
+    ] = False,
     json: Json = False,
 ) -> None:
     """Check a workflow file and report every problem with its path and line."""
     from wfctl import api
 
-    problems = api.validate(file)
+    problems = api.validate(file, check_agents=not skip_agents)
     if json:
         emit_json({"file": str(file), "valid": not problems, "problems": [p.to_dict() for p in problems]})
     else:
