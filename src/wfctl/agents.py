@@ -171,6 +171,10 @@ def run_command(agent: dict, ctx: AttemptContext) -> Outcome:
     except ExpressionError as err:
         return failure("error", f"cannot render the command: {err.message}")
     env = command_environment(agent, ctx, extra)
+    if ctx.nice:
+        # nice(1) sets the value and then execs the command: it holds from the first
+        # instruction, for everything the step starts (setpriority after spawn would race).
+        argv = ["nice", "-n", str(ctx.nice), *argv]
     context = json.dumps(ctx.context_document(), ensure_ascii=False, default=str).encode("utf-8")
     cwd = ctx.cwd or agent.get("cwd")
     try:
@@ -198,11 +202,6 @@ def run_command(agent: dict, ctx: AttemptContext) -> Outcome:
             os.close(stdin_write)
             return failure("error", f"cannot start {argv[0]!r}: {err.strerror or err}.")
         os.close(stdin_read)
-        if ctx.nice:
-            try:  # the whole group, so a child forked already is reniced too
-                os.setpriority(os.PRIO_PGRP, proc.pid, ctx.nice)
-            except OSError:
-                pass
         ctx.on_process(proc)
         try:
             stdout, ended_by = _communicate(proc, stdin_write, context, ctx)
@@ -428,12 +427,21 @@ def run_python(target: str, ctx: AttemptContext) -> Outcome:
 
 def _call_python(target: str, function: Callable, ctx: AttemptContext) -> Outcome:
     try:
-        return Outcome(ok=True, output=function(ctx.context_document()))
+        output = function(ctx.context_document())
+        if ctx.attempt > 1:
+            # A step that needed retries shows every attempt in its log; a first-time
+            # success of an in-process call writes no file (that would dominate its cost).
+            _log_attempt(ctx, f"python {target}", "completed")
+        return Outcome(ok=True, output=output)
     except Exception as err:  # the agent's own failure is this attempt's failure
         message = f"{type(err).__name__}: {err}"
-        with _open_log(ctx.log_path) as log:
-            log.write(f"=== attempt {ctx.attempt} · python {target}\n{message}\n".encode("utf-8", "replace"))
+        _log_attempt(ctx, f"python {target}", message)
         return failure("failed", message)
+
+
+def _log_attempt(ctx: AttemptContext, what: str, text: str) -> None:
+    with _open_log(ctx.log_path) as log:
+        log.write(f"=== attempt {ctx.attempt} · {what}\n{text}\n".encode("utf-8", "replace"))
 
 
 # -- http agents ----------------------------------------------------------------------------
@@ -455,6 +463,7 @@ def run_http(agent: dict, ctx: AttemptContext) -> Outcome:
         return failure("failed", f"HTTP {err.code} from {agent['http']}", err.code)
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
+        _log_attempt(ctx, f"POST {agent['http']}", f"cannot reach {agent['http']}: {reason}")
         if isinstance(reason, TimeoutError) or isinstance(err, TimeoutError):
             return failure("timeout", f"no answer from {agent['http']} within {_seconds(ctx.timeout or 300)}.")
         return failure("error", f"cannot reach {agent['http']}: {reason}")
@@ -463,5 +472,4 @@ def run_http(agent: dict, ctx: AttemptContext) -> Outcome:
 
 
 def _log_http(ctx: AttemptContext, url: str, status: int, text: str) -> None:
-    with _open_log(ctx.log_path) as log:
-        log.write(f"=== attempt {ctx.attempt} · POST {url} → {status}\n{text}\n".encode("utf-8", "replace"))
+    _log_attempt(ctx, f"POST {url} → {status}", text)

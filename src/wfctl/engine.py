@@ -98,6 +98,7 @@ class Engine:
         self.cancel_status = "cancelled"
         self.cancel_reason: str | None = None
         self.escalated = False
+        self._escalations = 0
         self._failure: dict | None = None
         self._sleep = sleep
         self._specials = {"input": self.input, "steps": self.steps_view}
@@ -213,6 +214,8 @@ class Engine:
         policy = self._policy(step)
         kind = step_type(step)
         started = time.monotonic()
+        # What failures inside this step leave behind is undone if the step recovers.
+        before = (self._failure, self._escalations)
         if kind == "task":
             ok, value, error = self._run_leaf(step, key, frame, step.get("agent"), step.get("task"), policy=policy)
         else:
@@ -223,14 +226,20 @@ class Engine:
         if self.cancelled and not (error and error.get("kind") == "timeout"):
             self._store_output(step, frame, "cancelled", None)
             return False, None
-        return self._after_failure(step, key, frame, policy, error or {"kind": "failed", "message": "failed."}, started)
+        return self._after_failure(
+            step, key, frame, policy, error or {"kind": "failed", "message": "failed."}, started, before
+        )
 
     def _after_failure(
-        self, step: dict, key: str, frame: Frame, policy: Policy, error: dict, started: float
+        self, step: dict, key: str, frame: Frame, policy: Policy, error: dict, started: float, before: tuple
     ) -> tuple[bool, Any]:
         """A step failed for good (after its retries): fallback, continue, or fail."""
+        failure_before, escalations_before = before
         if policy.strategy == "fallback" and policy.fallback is not None and not self.cancelled:
             fallback = policy.fallback
+            # The workflow's fallback stands in for many steps: each gets its own record.
+            own = (step.get("errorHandling") or {}).get("fallback") is fallback
+            suffix = frame.suffix if own else f"{frame.suffix}@{step['id']}"
             scope = dict(frame.locals or {})
             scope["error"] = {
                 "message": error.get("message"),
@@ -239,9 +248,10 @@ class Engine:
                 "attempts": error.get("attempts", 1),
                 "step": key,
             }
-            inner = Frame(frame.suffix, key, scope, frame.item, frame.index, frame.in_loop)
+            inner = Frame(suffix, key, scope, frame.item, frame.index, frame.in_loop)
             ok, value = self._run_step(fallback, inner)
             if ok:
+                self._failure = failure_before
                 # The fallback's result stands in for the step's; the record keeps the error.
                 event = {
                     "type": "step.finished",
@@ -249,7 +259,7 @@ class Engine:
                     "step": key,
                     "status": "completed",
                     "output": value,
-                    "recoveredBy": fallback["id"] + frame.suffix,
+                    "recoveredBy": fallback["id"] + suffix,
                     "duration": round(time.monotonic() - started, 6),
                 }
                 if step.get("output"):
@@ -259,16 +269,22 @@ class Engine:
                 return True, value
         self._store_output(step, frame, "failed", None)
         if policy.strategy == "continue":
-            return True, None  # recorded as failed; the run goes on with a null output
+            # Recorded as failed; the run goes on, and later steps get null for its output.
+            self._failure = failure_before
+            if step.get("output"):
+                (frame.locals if frame.in_loop else self.state)[step["output"]] = None
+            return True, None
         if self._failure is None:
             self._failure = {"step": key, **{k: v for k, v in error.items() if k != "attempts"}}
-        if policy.escalate:
+        if policy.escalate and self._escalations == escalations_before:
+            # Escalated once, by the innermost step that failed, not again by its parents.
             self._escalate(step, key, frame, policy, error)
         return False, None
 
     def _escalate(self, step: dict, key: str, frame: Frame, policy: Policy, error: dict) -> None:
         """Hand a final failure to the escalation agent; the execution is marked escalated."""
         self.escalated = True
+        self._escalations += 1
         event: dict[str, Any] = {"type": "execution.escalated", "at": now_iso(), "step": key, "agent": policy.escalate_to}
         if policy.escalate_to:
             resolved = self._agent_for(policy.escalate_to, step)
@@ -424,7 +440,7 @@ class Engine:
             event["notify"] = True
 
     def _should_retry(self, policy: Policy, kind: str, outcome: Outcome, tries: int, started: float) -> bool:
-        if self.cancelled or policy.strategy not in ("retry", "fallback") or tries >= policy.attempts:
+        if self.cancelled or policy.strategy == "fail" or tries >= policy.attempts:
             return False
         if not policy.retries(kind, outcome.exit_code):
             return False
