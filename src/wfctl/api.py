@@ -252,10 +252,13 @@ def start_detached(execution_id: str, *, wait: float = 30.0, resume: bool = Fals
     from wfctl.errors import StoreError
     from wfctl.runner import runner_alive
 
-    store = _store()
-    exec_dir = store.execution_dir(execution_id)
     from wfctl.store import open_append
 
+    store = _store()
+    exec_dir = store.execution_dir(execution_id)
+    # A resumed execution has started before: it counts as started again once its
+    # status is running and the new runner has written (the journal grows).
+    before = get_execution(execution_id).get("startedAt") if not resume else object()
     with open_append(exec_dir / "runner.log") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "wfctl", "_run", execution_id, *(["--resume"] if resume else [])],
@@ -266,13 +269,21 @@ def start_detached(execution_id: str, *, wait: float = 30.0, resume: bool = Fals
             close_fds=True,
         )
     journal = store.journal_path(execution_id)
-
     queued = exec_dir / "queued"
 
     def started() -> bool:
-        return child.poll() is not None or (
-            runner_alive(store, execution_id) and (journal.exists() or queued.exists())
-        )
+        """The child exited, or holds the execution and has started it (or queued it)."""
+        if child.poll() is not None:
+            return True
+        if not runner_alive(store, execution_id):
+            return False
+        if queued.exists():
+            return True
+        try:
+            document = get_execution(execution_id)
+        except Exception:  # the snapshot is being replaced right now; look again
+            return False
+        return document.get("status") in ("running", "paused") and (document.get("startedAt") != before)
 
     wait_until(started, wait)
     if child.poll() is not None and child.returncode != 0 and not journal.exists():
@@ -570,9 +581,14 @@ def pause(execution_id: str, *, wait: float = 30.0) -> dict:
         return document
     if status not in ("running", "pending") or not runner_alive(store, execution_id):
         raise Conflict(f"execution {execution_id} is {status}; only a running execution can be paused.")
-    Control(store.execution_dir(execution_id)).request_pause()
+    control = Control(store.execution_dir(execution_id))
+    control.request_pause()
     wait_until(lambda: get_execution(execution_id).get("status") != "running", wait)
-    return get_execution(execution_id)
+    document = get_execution(execution_id)
+    if document.get("status") in FINISHED:
+        control.clear_pause()
+        raise Conflict(f"execution {execution_id} {document['status']} before it could pause.")
+    return document
 
 
 def resume(
@@ -597,7 +613,12 @@ def resume(
     if runner_alive(store, execution_id):
         if control.clear_pause() or status == "paused":
             return get_execution(execution_id)
-        raise Conflict(f"execution {execution_id} is {status} and not paused; there is nothing to resume.")
+        from wfctl.runner import lock_holder
+
+        raise Conflict(
+            f"execution {execution_id} is already being run by process {lock_holder(store, execution_id)} "
+            "and is not paused; there is nothing to resume."
+        )
     if status not in ("interrupted", "paused"):
         raise Conflict(
             f"execution {execution_id} is {status}; only a paused or interrupted execution can be resumed"

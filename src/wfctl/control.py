@@ -72,6 +72,7 @@ class Watcher:
         self.engine = engine
         self.emit = emit
         self._condition = threading.Condition()
+        self._checking = threading.Lock()
         self._pausing = control.pause_requested()
         self._announced = False
         self._stop = threading.Event()
@@ -92,6 +93,7 @@ class Watcher:
 
     def gate(self) -> None:
         """Called before a step starts; returns once the execution is not paused."""
+        self.check()  # a request made since the watcher last looked holds this step too
         with self._condition:
             while self._pausing and not self.engine.cancelled and not self._stop.is_set():
                 self._condition.wait(0.5)
@@ -101,6 +103,10 @@ class Watcher:
             self.check()
 
     def check(self) -> None:
+        with self._checking:
+            self._check()
+
+    def _check(self) -> None:
         request = self.control.cancel_request()
         if request is not None and not self.engine.cancelled:
             self.engine.cancel(request.get("reason"), status="cancelled")
