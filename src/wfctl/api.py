@@ -140,6 +140,7 @@ def execute(
     priority: str = "normal",
     dry_run: bool = False,
     notify: Mapping[str, str] | None = None,
+    executor: str | None = None,
     on_event: Listener | None = None,
     on_start: Callable[[dict], None] | None = None,
 ) -> dict:
@@ -148,7 +149,7 @@ def execute(
     `on_event(event, state)` sees every engine event as it happens (the live table);
     `notify` holds command-line notification targets (email, slack, webhook).
     """
-    execution_id = prepare(workflow, input, priority=priority, dry_run=dry_run, notify=notify)
+    execution_id = prepare(workflow, input, priority=priority, dry_run=dry_run, notify=notify, executor=executor)
     return run_prepared(execution_id, on_event=on_event, on_start=on_start)
 
 
@@ -159,11 +160,14 @@ def prepare(
     priority: str = "normal",
     dry_run: bool = False,
     notify: Mapping[str, str] | None = None,
+    executor: str | None = None,
 ) -> str:
     """Check everything and write a new execution, `pending`; returns its id.
 
-    Nothing is written when the workflow, its agents or the input are wrong.
+    Nothing is written when the workflow, its agents, the input or the executor
+    (`local`, or `dask://HOST:PORT`; default: `executor` in config.toml) are wrong.
     """
+    from wfctl.runner import open_executor
     from wfctl.store import write_json_atomic
     from wfctl.validate import check_execution_input, validate_mapping
 
@@ -182,10 +186,18 @@ def prepare(
         if problems:
             raise WorkflowInvalid(problems)
     run_input = check_execution_input(definition, dict(input or {}), file=name)
+    address = executor or config.data.get("executor") or "local"
+    probe = open_executor(address)  # an executor that cannot be reached: exit 2, nothing written
+    if probe is not None:
+        probe.close()
 
     execution_id = new_id("exec")
     exec_dir = store.create_execution_dir(execution_id)
-    options = {"dryRun": dry_run, "notify": {k: v for k, v in (notify or {}).items() if v is not None}}
+    options = {
+        "dryRun": dry_run,
+        "notify": {k: v for k, v in (notify or {}).items() if v is not None},
+        "executor": address,
+    }
     write_json_atomic(
         exec_dir / "workflow.json",
         {
@@ -299,6 +311,7 @@ def _run_options(config: Config, options: dict, document: dict, **listeners: Any
     from wfctl.runner import RunOptions
 
     return RunOptions(
+        executor=str(options.get("executor") or "local"),
         nice=NICE_FOR_PRIORITY.get(document.get("priority") or "normal", 0),
         dry_run=bool(options.get("dryRun")),
         notify=dict(options.get("notify") or {}),

@@ -59,6 +59,9 @@ class Settings:
     # Environment for every step process (the api puts priority and secrets here).
     extra_env: Mapping[str, str] | None = None
     nice: int = 0  # low-priority runs start their step processes with a higher nice value
+    # Where attempts run: None is this machine; an executor (e.g. a Dask cluster) is a
+    # callable (agent, ctx) -> Outcome that runs command and python agents elsewhere.
+    executor: Callable[[dict, AttemptContext], Outcome] | None = None
 
 
 @dataclass
@@ -462,7 +465,7 @@ class Engine:
             return failure("error", err.message)
         ctx = self._context(step, key, frame, task_text, inputs, attempt, ChainMap({"task": task_text}, scope))
         ctx.env.update(env)
-        return run_agent(agent, ctx)
+        return (self.settings.executor or run_agent)(agent, ctx)
 
     def _context(
         self, step: dict, key: str, frame: Frame, task: str | None, inputs: dict, attempt: int, scope: Mapping

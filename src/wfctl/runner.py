@@ -195,6 +195,23 @@ class RunOptions:
     config: dict = field(default_factory=dict)
     extra_env: dict = field(default_factory=dict)
     nice: int = 0
+    executor: str = "local"  # "local", or "dask://HOST:PORT"
+
+
+def open_executor(address: str | None):
+    """The executor for an address; None runs attempts on this machine.
+
+    An executor that cannot be reached raises UsageError (exit 2) before anything runs.
+    """
+    if not address or address == "local":
+        return None
+    if address.startswith(("dask://", "tcp://")):
+        from wfctl.executors.dask import connect
+
+        return connect(address)
+    from wfctl.errors import UsageError
+
+    raise UsageError(f"unknown executor '{address}': use local or dask://HOST:PORT.")
 
 
 def run_execution(
@@ -213,6 +230,15 @@ def run_execution(
 
     The caller holds `runner_lock`. Returns the final execution document.
     """
+    executor = open_executor(options.executor)
+    try:
+        return _run_with(store, execution_id, definition, state, run_input, options, prior, intact, preamble, executor)
+    finally:
+        if executor is not None:
+            executor.close()
+
+
+def _run_with(store, execution_id, definition, state, run_input, options, prior, intact, preamble, executor) -> dict:
     from wfctl.engine import Engine, Settings
     from wfctl.notify import build_event, send, targets_from, wanted
 
@@ -260,6 +286,7 @@ def run_execution(
         team_turn=lambda team: store.next_team_turn(workflow_id, team),
         extra_env={**options.extra_env, "WFCTL_PRIORITY": str(document.get("priority") or "normal")},
         nice=options.nice,
+        executor=executor,
     )
     engine = Engine(definition, settings, recorder, prior=prior)
     from wfctl.control import Control, Watcher

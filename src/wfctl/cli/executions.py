@@ -51,6 +51,9 @@ def execute(
     notify_slack: Annotated[Optional[str], typer.Option("--notify-slack", help="Post to this Slack channel about the run.")] = None,
     notify_webhook: Annotated[Optional[str], typer.Option("--notify-webhook", help="POST the run's events to this URL.")] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background; print the execution id once it runs.")] = False,
+    executor: Annotated[
+        Optional[str], typer.Option("--executor", help="Where steps run: local (default) or dask://HOST:PORT.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     json: Json = False,
 ) -> None:
@@ -60,7 +63,7 @@ def execute(
 
     given = parse_input(input)
     notify = {"email": notify_email, "slack": notify_slack, "webhook": notify_webhook}
-    execution_id = api.prepare(workflow, given, priority=priority, dry_run=dry_run, notify=notify)
+    execution_id = api.prepare(workflow, given, priority=priority, dry_run=dry_run, notify=notify, executor=executor)
     if detach:
         document = api.start_detached(execution_id)
         if json:
