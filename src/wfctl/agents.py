@@ -55,6 +55,8 @@ class AttemptContext:
     cwd: str | None = None
     timeout: float | None = None
     nice: int = 0  # added to the step processes' nice value (low-priority runs)
+    masker: Any = None  # a masking.Masker when the workflow has secrets
+    secrets: Any = None  # NAME → value, handed to python agents as context["secrets"]
     cancelled: Callable[[], bool] = lambda: False
     on_process: Callable[[subprocess.Popen | None], None] = lambda proc: None
 
@@ -183,15 +185,16 @@ def run_command(agent: dict, ctx: AttemptContext) -> Outcome:
         pass
     log = _open_log(ctx.log_path)
     try:
-        log.write(f"=== attempt {ctx.attempt} · {_argv_text(argv)}\n".encode("utf-8", "replace"))
-        log.flush()
+        header = f"=== attempt {ctx.attempt} · {_argv_text(argv)}\n"
+        log.write(ctx.masker.text(header).encode("utf-8", "replace") if ctx.masker else header.encode("utf-8", "replace"))
         stdin_read, stdin_write = os.pipe()
         try:
             proc = subprocess.Popen(
                 argv,
                 stdin=stdin_read,
                 stdout=subprocess.PIPE,
-                stderr=log,
+                # With secrets, stderr passes through us to be masked; else straight to the log.
+                stderr=subprocess.PIPE if ctx.masker else log,
                 env=env,
                 cwd=cwd,
                 start_new_session=True,  # its own process group: we can stop the whole tree
@@ -203,17 +206,17 @@ def run_command(agent: dict, ctx: AttemptContext) -> Outcome:
             return failure("error", f"cannot start {argv[0]!r}: {err.strerror or err}.")
         os.close(stdin_read)
         ctx.on_process(proc)
+        capture = _Capture(log, ctx.masker)
         try:
-            stdout, ended_by = _communicate(proc, stdin_write, context, ctx)
+            ended_by = _communicate(proc, stdin_write, context, ctx, capture)
         finally:
             ctx.on_process(None)
-        text = stdout.decode("utf-8", "replace")
-        if text:
-            log.write(b"--- stdout ---\n" + stdout + (b"" if stdout.endswith(b"\n") else b"\n"))
+            capture.close()
         code = proc.returncode
         log.write(f"=== exit {code}\n".encode())
     finally:
         log.close()
+    text = capture.text()
     if ended_by == "timeout":
         return failure("timeout", f"timed out after {_seconds(ctx.timeout)}.", code)
     if ended_by == "cancelled":
@@ -227,36 +230,82 @@ def run_command(agent: dict, ctx: AttemptContext) -> Outcome:
     return Outcome(ok=True, output=output, exit_code=code)
 
 
-def _communicate(proc: subprocess.Popen, stdin_fd: int, context: bytes, ctx: AttemptContext) -> tuple[bytes, str]:
-    """Feed the context, read stdout, and watch the timeout and cancellation."""
-    chunks: list[bytes] = []
+class _Capture:
+    """A step's output as it arrives: everything goes to the log (masked when there
+    are secrets); the first INLINE_OUTPUT_LIMIT bytes of stdout are kept for the result."""
+
+    def __init__(self, log, masker) -> None:
+        self.log = log
+        self.kept: list[bytes] = []
+        self.kept_size = 0
+        self.total = 0
+        self.masks = {"out": masker.stream(), "err": masker.stream()} if masker else None
+
+    def add(self, stream: str, data: bytes) -> None:
+        if self.masks is not None:
+            data = self.masks[stream].feed(data)
+        if data:
+            self.log.write(data)
+        if stream == "out":
+            self._keep(data)
+
+    def _keep(self, data: bytes) -> None:
+        self.total += len(data)
+        room = INLINE_OUTPUT_LIMIT - self.kept_size
+        if room > 0 and data:
+            self.kept.append(data[:room])
+            self.kept_size += min(room, len(data))
+
+    def close(self) -> None:
+        if self.masks is not None:
+            for stream, masker in self.masks.items():
+                rest = masker.flush()
+                if rest:
+                    self.log.write(rest)
+                    if stream == "out":
+                        self._keep(rest)
+
+    def text(self) -> str:
+        text = b"".join(self.kept).decode("utf-8", "replace")
+        if self.total > INLINE_OUTPUT_LIMIT:
+            # The whole output is in the log; the record keeps a marked beginning.
+            text += f"\n[output truncated: {self.total} bytes in all; see wfctl logs]"
+        return text
+
+
+def _communicate(proc: subprocess.Popen, stdin_fd: int, context: bytes, ctx: AttemptContext, capture: _Capture) -> str:
+    """Feed the context, read stdout (and stderr when masking), watch timeout and cancel.
+
+    Returns how the command ended: exit, timeout or cancelled.
+    """
     deadline = time.monotonic() + ctx.timeout if ctx.timeout else None
     ended_by = "exit"
-    stdout = proc.stdout
-    assert stdout is not None
-    out_fd = stdout.fileno()
+    streams = {proc.stdout.fileno(): "out"}
+    if proc.stderr is not None:
+        streams[proc.stderr.fileno()] = "err"
     os.set_blocking(stdin_fd, False)
     pending = memoryview(context)
     selector = selectors.DefaultSelector()
-    selector.register(out_fd, selectors.EVENT_READ)
+    for fd in streams:
+        selector.register(fd, selectors.EVENT_READ)
     if pending:
         selector.register(stdin_fd, selectors.EVENT_WRITE)
     else:
         os.close(stdin_fd)
         stdin_fd = -1
-    open_streams = 1
+    open_streams = len(streams)
     try:
         while open_streams:
             wait = 0.2
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - time.monotonic()))
             for key, _ in selector.select(wait):
-                if key.fd == out_fd:
-                    data = os.read(out_fd, 65536)
+                if key.fd in streams:
+                    data = os.read(key.fd, 65536)
                     if data:
-                        chunks.append(data)
+                        capture.add(streams[key.fd], data)
                     else:
-                        selector.unregister(out_fd)
+                        selector.unregister(key.fd)
                         open_streams -= 1
                 else:
                     try:
@@ -276,9 +325,11 @@ def _communicate(proc: subprocess.Popen, stdin_fd: int, context: bytes, ctx: Att
                 ended_by = "timeout"
                 break
             if open_streams and proc.poll() is not None:
-                # The command ended but something it started still holds stdout open:
-                # take what is already buffered, then stop waiting for it.
-                chunks.extend(_drain(out_fd))
+                # The command ended but something it started still holds its output
+                # open: take what is already buffered, then stop waiting for it.
+                for fd, stream in streams.items():
+                    for data in _drain(fd):
+                        capture.add(stream, data)
                 break
     finally:
         selector.close()
@@ -289,8 +340,10 @@ def _communicate(proc: subprocess.Popen, stdin_fd: int, context: bytes, ctx: Att
     else:
         proc.wait()
         _kill_leftovers(proc)
-    stdout.close()
-    return b"".join(chunks), ended_by
+    proc.stdout.close()
+    if proc.stderr is not None:
+        proc.stderr.close()
+    return ended_by
 
 
 def _drain(fd: int) -> list[bytes]:
@@ -370,13 +423,17 @@ def _last_log_line(path: Path) -> str:
 def _read_output_file(path: Path) -> str | None:
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            data = handle.read(INLINE_OUTPUT_LIMIT + 1)
     except (FileNotFoundError, IsADirectoryError):
         return None
     try:
         os.unlink(path)
     except OSError:
         pass
+    if len(data) > INLINE_OUTPUT_LIMIT:
+        return data[:INLINE_OUTPUT_LIMIT].decode("utf-8", "replace") + (
+            f"\n[output truncated: more than {INLINE_OUTPUT_LIMIT} bytes were written to $WFCTL_OUTPUT]"
+        )
     return data.decode("utf-8", "replace")
 
 
@@ -426,8 +483,11 @@ def run_python(target: str, ctx: AttemptContext) -> Outcome:
 
 
 def _call_python(target: str, function: Callable, ctx: AttemptContext) -> Outcome:
+    context = ctx.context_document()
+    if ctx.secrets:
+        context["secrets"] = dict(ctx.secrets)
     try:
-        output = function(ctx.context_document())
+        output = function(context)
         if ctx.attempt > 1:
             # A step that needed retries shows every attempt in its log; a first-time
             # success of an in-process call writes no file (that would dominate its cost).
@@ -440,8 +500,11 @@ def _call_python(target: str, function: Callable, ctx: AttemptContext) -> Outcom
 
 
 def _log_attempt(ctx: AttemptContext, what: str, text: str) -> None:
+    entry = f"=== attempt {ctx.attempt} · {what}\n{text}\n"
+    if ctx.masker:
+        entry = ctx.masker.text(entry)
     with _open_log(ctx.log_path) as log:
-        log.write(f"=== attempt {ctx.attempt} · {what}\n{text}\n".encode("utf-8", "replace"))
+        log.write(entry.encode("utf-8", "replace"))
 
 
 # -- http agents ----------------------------------------------------------------------------

@@ -176,10 +176,17 @@ def prepare(
     if input is not None and not isinstance(input, Mapping):
         raise UsageError("--input must be a JSON object.")
     store = _store()
-    record = resolve_workflow(workflow)
-    definition = record["definition"]
+    registry = Registry(store)
+    source: Path | None = None
+    if _looks_like_file(workflow) and Path(workflow).exists():
+        # A file is registered only once everything below has been checked.
+        definition, source = _load_definition(workflow)
+        record = None
+    else:
+        record = registry.resolve(workflow)
+        definition = record["definition"]
     config = Config()
-    name = definition.get("name", record["workflowId"])
+    name = definition.get("name") or workflow
     if not dry_run:
         known_agents, known_teams = _known(config)
         problems = validate_mapping(definition, file=name, known_agents=known_agents, known_teams=known_teams)
@@ -190,6 +197,13 @@ def prepare(
     probe = open_executor(address)  # an executor that cannot be reached: exit 2, nothing written
     if probe is not None:
         probe.close()
+    from wfctl.masking import resolve
+
+    origin = source or (record or {}).get("source")
+    base_dir = str(Path(origin).parent) if origin else os.getcwd()
+    resolve(definition.get("secrets"), base=Path(base_dir))  # a missing secret: exit 2, nothing written
+    if record is None:
+        record, _ = registry.register(definition, source=source, update=True)
 
     execution_id = new_id("exec")
     exec_dir = store.create_execution_dir(execution_id)
@@ -197,6 +211,7 @@ def prepare(
         "dryRun": dry_run,
         "notify": {k: v for k, v in (notify or {}).items() if v is not None},
         "executor": address,
+        "baseDir": base_dir,
     }
     write_json_atomic(
         exec_dir / "workflow.json",
@@ -312,6 +327,7 @@ def _run_options(config: Config, options: dict, document: dict, **listeners: Any
 
     return RunOptions(
         executor=str(options.get("executor") or "local"),
+        base_dir=Path(options["baseDir"]) if options.get("baseDir") else None,
         nice=NICE_FOR_PRIORITY.get(document.get("priority") or "normal", 0),
         dry_run=bool(options.get("dryRun")),
         notify=dict(options.get("notify") or {}),

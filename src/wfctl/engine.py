@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from wfctl import faults
 from wfctl.agents import AttemptContext, Outcome, failure, run_agent
 from wfctl.errors import ExpressionError
 from wfctl.record import branch_steps, now_iso, step_type
@@ -62,6 +63,8 @@ class Settings:
     # Where attempts run: None is this machine; an executor (e.g. a Dask cluster) is a
     # callable (agent, ctx) -> Outcome that runs command and python agents elsewhere.
     executor: Callable[[dict, AttemptContext], Outcome] | None = None
+    secrets: Mapping[str, str] | None = None  # NAME → value: env vars of steps, `secrets.NAME`
+    masker: Any = None  # masks those values in logs
 
 
 @dataclass
@@ -105,6 +108,8 @@ class Engine:
         self._failure: dict | None = None
         self._sleep = sleep
         self._specials = {"input": self.input, "steps": self.steps_view}
+        if settings.secrets:
+            self._specials["secrets"] = dict(settings.secrets)
         self._workflow_policy = workflow.get("errorHandling") or {}
         self._policies: dict[int, Policy] = {}
         self._pause_gate: Callable[[], None] | None = None
@@ -376,6 +381,7 @@ class Engine:
                 outcome = failure("error", f"agent '{agent_name}' is not defined.")
             else:
                 outcome = self._attempt(step, key, frame, resolved[1], task, attempt, scope)
+                faults.crash("after-step")  # tests: the step ran, its end is not recorded yet
             if not outcome.ok and outcome.error and outcome.error["kind"] == "cancelled" and self.cancel_status == "timed_out":
                 outcome = failure("timeout", self.cancel_reason or "the workflow timed out.", outcome.exit_code)
             if outcome.ok:
@@ -484,7 +490,9 @@ class Engine:
             item=frame.item,
             index=frame.index,
             in_loop=frame.in_loop,
-            env=dict(self.settings.extra_env or {}),
+            env={**(self.settings.extra_env or {}), **(self.settings.secrets or {})},
+            masker=self.settings.masker,
+            secrets=self.settings.secrets,
             cwd=step.get("cwd"),
             timeout=step.get("timeout"),
             cancelled=self.cancel_event.is_set,

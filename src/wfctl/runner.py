@@ -19,7 +19,8 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from wfctl.errors import Conflict
+from wfctl import faults
+from wfctl.errors import Conflict, StoreError
 from wfctl.record import ExecutionState, build_trace, parse_iso
 from wfctl.store import FileLock, Store, open_append
 
@@ -36,11 +37,17 @@ Listener = Callable[[dict, ExecutionState], None]
 class Recorder:
     """The single consumer of engine events: journal line, document, listeners."""
 
-    def __init__(self, store: Store, execution_id: str, state: ExecutionState, *, intact: int | None = None) -> None:
+    def __init__(
+        self, store: Store, execution_id: str, state: ExecutionState, *, intact: int | None = None, masker: Any = None
+    ) -> None:
         self.store = store
         self.execution_id = execution_id
         self.state = state
+        self.masker = masker
         self.listeners: list[Listener] = []
+        # Set when the record cannot be written: the run must stop starting steps.
+        self.broken: str | None = None
+        self.on_broken: Callable[[str], None] | None = None
         self._lock = threading.Lock()
         path = store.journal_path(execution_id)
         if intact is not None and path.exists() and path.stat().st_size > intact:
@@ -52,19 +59,51 @@ class Recorder:
         self._last_sync = time.monotonic()
 
     def __call__(self, event: dict) -> None:
-        line = json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8") + b"\n"
+        text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str)
+        if self.masker:
+            masked = self.masker.text(text)
+            if masked != text:  # what is kept and shown is what the journal says
+                text, event = masked, json.loads(masked)
+        line = text.encode("utf-8") + b"\n"
         with self._lock:
-            self._journal.write(line)  # unbuffered: in the OS before the engine goes on
-            self._offset += len(line)
+            if self.broken is None:
+                try:
+                    self._append(line)
+                except (OSError, StoreError) as err:
+                    self._break(err)
             self.state.apply(event)
-            now = time.monotonic()
-            if now - self._last_sync >= JOURNAL_SYNC_INTERVAL:
-                os.fsync(self._journal.fileno())
-                self._last_sync = now
-            if now - self._last_snapshot >= SNAPSHOT_INTERVAL or event["type"].startswith("execution."):
-                self._snapshot(sync=False)
+            if self.broken is None:
+                try:
+                    now = time.monotonic()
+                    if now - self._last_sync >= JOURNAL_SYNC_INTERVAL:
+                        self._sync()
+                        self._last_sync = now
+                    if now - self._last_snapshot >= SNAPSHOT_INTERVAL or event["type"].startswith("execution."):
+                        self._snapshot(sync=False)
+                except (OSError, StoreError) as err:
+                    self._break(err)
             for listener in self.listeners:
                 listener(event, self.state)
+
+    def _append(self, line: bytes) -> None:
+        faults.io_error("enospc-journal")
+        if faults.reached("mid-append"):
+            self._journal.write(line[: len(line) // 2])
+            os._exit(137)
+        self._journal.write(line)  # unbuffered: in the OS before the engine goes on
+        self._offset += len(line)
+
+    def _sync(self) -> None:
+        faults.io_error("eio-fsync")
+        os.fsync(self._journal.fileno())
+
+    def _break(self, err: Exception) -> None:
+        """The record cannot be written: say where, once, and stop the run. An fsync
+        error is not retried: after one, what reached the disk is unknown."""
+        message = getattr(err, "message", None) or f"cannot write {self.store.journal_path(self.execution_id)}: {getattr(err, 'strerror', None) or err}"
+        self.broken = message.rstrip(".")
+        if self.on_broken is not None:
+            self.on_broken(self.broken)
 
     def _snapshot(self, *, sync: bool) -> None:
         document = dict(self.state.document)
@@ -74,9 +113,14 @@ class Recorder:
 
     def close(self) -> None:
         with self._lock:
-            os.fsync(self._journal.fileno())
-            self._snapshot(sync=True)
-            self._journal.close()
+            try:
+                if self.broken is None:
+                    self._sync()
+                    self._snapshot(sync=True)
+            except (OSError, StoreError) as err:
+                self._break(err)
+            finally:
+                self._journal.close()
 
 
 @contextmanager
@@ -196,6 +240,7 @@ class RunOptions:
     extra_env: dict = field(default_factory=dict)
     nice: int = 0
     executor: str = "local"  # "local", or "dask://HOST:PORT"
+    base_dir: Path | None = None  # where relative secret files are found (the workflow file's directory)
 
 
 def open_executor(address: str | None):
@@ -242,10 +287,15 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
     from wfctl.engine import Engine, Settings
     from wfctl.notify import build_event, send, targets_from, wanted
 
+    from wfctl.masking import Masker, resolve
+
     document = state.document
     workflow_id = document["workflowId"]
     exec_dir = store.execution_dir(execution_id)
-    recorder = Recorder(store, execution_id, state, intact=intact)
+    check_not_symlinks(exec_dir, exec_dir / "logs")
+    secrets = resolve(definition.get("secrets"), base=options.base_dir)
+    masker = Masker(secrets.values()) if secrets else None
+    recorder = Recorder(store, execution_id, state, intact=intact, masker=masker)
     for event in preamble or ():
         recorder(event)
     if options.on_event is not None:
@@ -287,8 +337,12 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
         extra_env={**options.extra_env, "WFCTL_PRIORITY": str(document.get("priority") or "normal")},
         nice=options.nice,
         executor=executor,
+        secrets=secrets,
+        masker=masker,
     )
     engine = Engine(definition, settings, recorder, prior=prior)
+    # A record that cannot be written stops the run: no step starts that could not be kept.
+    recorder.on_broken = lambda message: engine.cancel(message, status="failed")
     from wfctl.control import Control, Watcher
 
     control = Control(exec_dir)
@@ -328,8 +382,22 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
         if timer is not None:
             timer.cancel()
         recorder.close()
+    if recorder.broken:
+        where = state.document.get("error", {}).get("step") or state.document.get("currentStep")
+        raise StoreError(
+            f"{recorder.broken}; the execution stopped"
+            + (f" at step {where}" if where else "")
+            + " and what it recorded before stays readable."
+        )
     write_trace(store, state.document, definition)
     return state.document
+
+
+def check_not_symlinks(*paths: Path) -> None:
+    """A symlink planted in the data directory is refused, never followed."""
+    for path in paths:
+        if path.is_symlink():
+            raise StoreError(f"{path} is a symbolic link; wfctl does not follow links inside its data directory.")
 
 
 def iso_after(epoch: float, seconds: float) -> str:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from wfctl import faults
 from wfctl.errors import ExecutionNotFound, StoreError, TraceNotFound, UsageError, WorkflowNotFound
 
 SCHEMA_VERSION = 1
@@ -100,7 +101,7 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
-def write_bytes_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
+def write_bytes_atomic(path: Path, data: bytes, *, sync: bool = True, fault: str | None = None) -> None:
     """Replace `path` with `data` so a reader sees the old file or the new one, never half.
 
     The temp file lives in the same directory (rename is only atomic within a file
@@ -111,6 +112,8 @@ def write_bytes_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
     try:
         try:
             os.fchmod(fd, FILE_MODE)
+            if fault:
+                faults.io_error(f"enospc-{fault}")
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
@@ -119,6 +122,9 @@ def write_bytes_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
                 os.fsync(fd)
         finally:
             os.close(fd)
+        if fault:
+            faults.crash("before-rename")
+            faults.io_error("eio-rename")
         os.replace(tmp, path)
     except OSError as err:
         try:
@@ -128,14 +134,16 @@ def write_bytes_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
         raise StoreError(f"cannot write {path}: {err.strerror or err}.") from err
 
 
-def write_json_atomic(path: Path, document: Any, *, sync: bool = True, compact: bool = False) -> None:
+def write_json_atomic(
+    path: Path, document: Any, *, sync: bool = True, compact: bool = False, fault: str | None = None
+) -> None:
     """Write a JSON document atomically. `compact` documents (snapshots, traces) skip the
     indentation: Python's fast C encoder only runs without it, and they can be large."""
     if compact:
         text = json.dumps(document, ensure_ascii=False, separators=(",", ":"), default=str)
     else:
         text = json.dumps(document, indent=2, ensure_ascii=False, default=str)
-    write_bytes_atomic(path, text.encode("utf-8") + b"\n", sync=sync)
+    write_bytes_atomic(path, text.encode("utf-8") + b"\n", sync=sync, fault=fault)
 
 
 def read_json(path: Path) -> Any:
@@ -161,11 +169,32 @@ def open_append(path: Path):
     return os.fdopen(fd, "ab", buffering=0)
 
 
+def check_private(root: Path) -> None:
+    """Refuse a data directory that others could write to: its records would not be ours."""
+    try:
+        info = os.stat(root)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise StoreError(f"cannot use the data directory {root}: {err.strerror or err}.") from err
+    if info.st_uid != os.getuid():
+        raise UsageError(
+            f"the data directory {root} belongs to another user (uid {info.st_uid}); "
+            "set WFCTL_HOME to a directory of your own."
+        )
+    if info.st_mode & 0o022:
+        raise UsageError(
+            f"the data directory {root} can be written by others (mode {oct(info.st_mode & 0o777)}); "
+            f"make it private with: chmod 700 {root}"
+        )
+
+
 class Store:
     """All file access to one data directory."""
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root is not None else data_dir()
+        check_private(self.root)
 
     # -- paths ---------------------------------------------------------------------------
     @property
@@ -272,7 +301,9 @@ class Store:
             raise ExecutionNotFound(f"no execution with id {execution_id}.") from None
 
     def save_snapshot(self, execution_id: str, document: dict, *, sync: bool = True) -> None:
-        write_json_atomic(self.execution_dir(execution_id) / "execution.json", document, sync=sync, compact=True)
+        write_json_atomic(
+            self.execution_dir(execution_id) / "execution.json", document, sync=sync, compact=True, fault="snapshot"
+        )
 
     def load_frozen_workflow(self, execution_id: str) -> dict:
         try:
