@@ -255,7 +255,6 @@ def engine_for(tmp_path: Path, workflow: dict, clock: Clock) -> tuple[Engine, li
         execution_id="exec_0000test0000",
         workflow_id="wf_0000test0000",
         log_dir=run_dir / "logs",
-        output_dir=run_dir / "logs",
         agents=dict(workflow.get("agents") or {}),
         teams=dict(workflow.get("teams") or {}),
     )

@@ -46,8 +46,7 @@ class AttemptContext:
     workflow_id: str
     attempt: int
     scope: Any  # a mapping for templates: state names, input, item, index, steps
-    log_path: Path
-    output_path: Path
+    log_dir: Path  # the step's log is <log_dir>/<step_key>.log (made only when used)
     item: Any = None
     index: int | None = None
     in_loop: bool = False
@@ -74,6 +73,14 @@ class AttemptContext:
             document["item"] = self.item
             document["index"] = self.index
         return document
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.step_key}.log"
+
+    @property
+    def output_path(self) -> Path:
+        return self.log_dir / f"{self.step_key}.out"
 
     @property
     def idempotency_key(self) -> str:
@@ -383,9 +390,14 @@ def _kill_leftovers(proc: subprocess.Popen) -> None:
 
 
 def _open_log(path: Path):
-    from wfctl.store import open_append
+    """The step's log, opened for appending (0600, never through a symlink)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:
+        from wfctl.store import open_append
 
-    return open_append(path)
+        return open_append(path)  # creates the directory first
+    return os.fdopen(fd, "ab", buffering=0)
 
 
 def _argv_text(argv: list[str]) -> str:

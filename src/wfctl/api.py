@@ -221,6 +221,7 @@ def prepare(
             "options": options,
             "definition": definition,
         },
+        compact=True,
     )
     document = new_document(
         execution_id=execution_id,

@@ -49,8 +49,7 @@ class Frame:
 class Settings:
     execution_id: str
     workflow_id: str
-    log_dir: Path
-    output_dir: Path
+    log_dir: Path  # step logs and $WFCTL_OUTPUT files
     agents: Mapping[str, dict]
     teams: Mapping[str, dict]
     max_concurrency: int = 4
@@ -485,8 +484,7 @@ class Engine:
             workflow_id=self.settings.workflow_id,
             attempt=attempt,
             scope=scope,
-            log_path=self.settings.log_dir / f"{key}.log",
-            output_path=self.settings.output_dir / f"{key}.out",
+            log_dir=self.settings.log_dir,
             item=frame.item,
             index=frame.index,
             in_loop=frame.in_loop,

@@ -229,7 +229,7 @@ class Store:
     # -- workflows -----------------------------------------------------------------------
     def save_workflow(self, record: dict) -> None:
         self.init()
-        write_json_atomic(self.workflow_path(record["workflowId"]), record)
+        write_json_atomic(self.workflow_path(record["workflowId"]), record, compact=True)
 
     def load_workflow(self, workflow_id: str) -> dict:
         try:

@@ -55,6 +55,8 @@ CANCEL_POLL = 0.5  # how often the worker asks the scheduler whether the attempt
 KILL_GRACE = 2.0  # SIGTERM, then SIGKILL after this long
 REPORT_WAIT = 6.0  # after a cancel, how long the client waits for the worker's report
 CONNECT_TIMEOUT = 5.0
+REPORT_LIMIT = 32 * 1024 * 1024  # bytes of stdout and of stderr a worker sends back for the log
+OUTPUT_FILE_LIMIT = 256 * 1024 + 1  # $WFCTL_OUTPUT is cut there, as locally (INLINE_OUTPUT_LIMIT)
 DEFAULT_PORT = 8786  # the Dask scheduler's default port
 
 
@@ -182,7 +184,11 @@ class DaskExecutor:
             or os.environ.get(k) != v
             or (k.startswith("WFCTL_") and k not in LOCAL_ONLY_VARIABLES)
         }
-        context = json.dumps(ctx.context_document(), ensure_ascii=False, default=str).encode("utf-8")
+        document = ctx.context_document()
+        secrets = getattr(ctx, "secrets", None)
+        if kind == "python" and secrets:
+            document["secrets"] = dict(secrets)  # as a local python agent gets them
+        context = json.dumps(document, ensure_ascii=False, default=str).encode("utf-8")
         return {
             "kind": kind,
             "argv": argv,
@@ -281,7 +287,8 @@ def _outcome(report: dict, payload: dict, ctx: Any) -> Any:
     ended_by = report.get("ended_by", "exit")
     stdout: bytes = report.get("stdout") or b""
     log: bytes = report.get("log") or b""
-    text = stdout.decode("utf-8", "replace")
+    masker = getattr(ctx, "masker", None)
+    text = _inline(masker.data(stdout) if masker else stdout, report.get("stdout_size", len(stdout)))
     log_text = log.decode("utf-8", "replace")
     result = report.get("python")
     if payload["kind"] == "python":
@@ -303,7 +310,7 @@ def _outcome(report: dict, payload: dict, ctx: Any) -> Any:
         outcome = failure("failed", message + (f": {last}" if last else "."), code)
     else:
         output_file = report.get("output_file")
-        chosen = output_file.decode("utf-8", "replace") if output_file is not None else text
+        chosen = _output_file_text(output_file) if output_file is not None else text
         outcome = Outcome(ok=True, output=parse_result(chosen), exit_code=code)
     outcome.worker = worker
     return outcome
@@ -327,6 +334,26 @@ def _python_outcome(payload: dict, ctx: Any, code: Any, ended_by: str, result: A
     return failure("failed", f"python {payload['python']} {message}" + (f": {last}" if last else "."))
 
 
+def _inline(stdout: bytes, total: int) -> str:
+    """stdout as kept in the record: its beginning, marked when cut (as run_command does)."""
+    from wfctl.agents import INLINE_OUTPUT_LIMIT
+
+    text = stdout[:INLINE_OUTPUT_LIMIT].decode("utf-8", "replace")
+    if total > INLINE_OUTPUT_LIMIT:
+        text += f"\n[output truncated: {total} bytes in all; see wfctl logs]"
+    return text
+
+
+def _output_file_text(data: bytes) -> str:
+    from wfctl.agents import INLINE_OUTPUT_LIMIT
+
+    if len(data) > INLINE_OUTPUT_LIMIT:
+        return data[:INLINE_OUTPUT_LIMIT].decode("utf-8", "replace") + (
+            f"\n[output truncated: more than {INLINE_OUTPUT_LIMIT} bytes were written to $WFCTL_OUTPUT]"
+        )
+    return data.decode("utf-8", "replace")
+
+
 def _last_meaningful(text: str) -> str:
     for line in reversed(text.splitlines()):
         if line.strip() and not line.startswith("==="):
@@ -345,8 +372,12 @@ def _write_log(ctx: Any, payload: dict, worker: str | None, note: str | None, lo
     if stdout:
         parts.append(b"--- stdout ---\n" + stdout + (b"" if stdout.endswith(b"\n") else b"\n"))
     parts.append(last.encode("utf-8", "replace") + b"\n")
+    data = b"".join(parts)
+    masker = getattr(ctx, "masker", None)
+    if masker:
+        data = masker.data(data)  # secrets never reach the log file
     with _open_log(ctx.log_path) as handle:
-        handle.write(b"".join(parts))
+        handle.write(data)
 
 
 # -- worker side: standard library and distributed only ------------------------------------
@@ -459,11 +490,12 @@ def _run_here(payload: dict, report: dict, worker: Any, key: Any, client: Any, f
             report["error"] = {"kind": "error", "message": f"cannot start {argv[0]!r} on worker {report['worker']}: {err.strerror or err}."}
             return report
     chunks: list[bytes] = []
+    seen = [0]
     feeder = threading.Thread(target=_feed, args=(proc, payload.get("stdin") or b""), daemon=True)
     feeder.start()
     reader = None
     if proc.stdout is not None:
-        reader = threading.Thread(target=_read, args=(proc.stdout.fileno(), chunks), daemon=True)
+        reader = threading.Thread(target=_read, args=(proc.stdout.fileno(), chunks, seen), daemon=True)
         reader.start()
     # A blocking wait in its own thread hears the exit at once (Popen.wait(timeout) polls).
     exited = threading.Event()
@@ -479,12 +511,13 @@ def _run_here(payload: dict, report: dict, worker: Any, key: Any, client: Any, f
         reader.join(KILL_GRACE)
     feeder.join(KILL_GRACE)
     report["exit_code"] = proc.returncode
-    report["stdout"] = b"".join(chunks)
+    report["stdout_size"] = seen[0]
+    report["stdout"] = _bounded(b"".join(chunks), seen[0])
     with open(log_path, "rb") as handle:
-        report["log"] = handle.read()
+        report["log"] = _bounded(handle.read(REPORT_LIMIT + 1), os.path.getsize(log_path))
     try:
         with open(output_path, "rb") as handle:
-            report["output_file"] = handle.read()
+            report["output_file"] = handle.read(OUTPUT_FILE_LIMIT + 1)
     except OSError:
         report["output_file"] = None
     if python:
@@ -496,6 +529,13 @@ def _run_here(payload: dict, report: dict, worker: Any, key: Any, client: Any, f
     return report
 
 
+def _bounded(data: bytes, total: int) -> bytes:
+    """At most REPORT_LIMIT bytes of a stream travel back, marked when cut."""
+    if total <= REPORT_LIMIT:
+        return data
+    return data[:REPORT_LIMIT] + f"\n[{total - REPORT_LIMIT} more bytes were not sent back by the worker]\n".encode()
+
+
 def _feed(proc: subprocess.Popen, data: bytes) -> None:
     try:
         if data:
@@ -505,13 +545,18 @@ def _feed(proc: subprocess.Popen, data: bytes) -> None:
         pass
 
 
-def _read(fd: int, chunks: list) -> None:
+def _read(fd: int, chunks: list, seen: list) -> None:
+    """Collect stdout (up to REPORT_LIMIT + 1 bytes; the rest is only counted)."""
+    kept = 0
     try:
         while True:
             data = os.read(fd, 65536)
             if not data:
                 break
-            chunks.append(data)
+            seen[0] += len(data)
+            if kept <= REPORT_LIMIT:
+                chunks.append(data)
+                kept += len(data)
     except OSError:
         pass
 
