@@ -184,6 +184,8 @@ def run_command(agent: dict, ctx: AttemptContext) -> Outcome:
         # nice(1) sets the value and then execs the command: it holds from the first
         # instruction, for everything the step starts (setpriority after spawn would race).
         argv = ["nice", "-n", str(ctx.nice), *argv]
+    if ctx.cancelled():
+        return failure("cancelled", "cancelled before it started.")
     context = json.dumps(ctx.context_document(), ensure_ascii=False, default=str).encode("utf-8")
     cwd = ctx.cwd or agent.get("cwd")
     try:

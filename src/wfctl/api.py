@@ -27,7 +27,7 @@ from wfctl.errors import (
 )
 from wfctl.record import ExecutionState, new_document, read_journal, walk
 from wfctl.registry import Registry, paginate, present
-from wfctl.store import Store, check_execution_id, check_step_key, new_id
+from wfctl.store import Store, check_execution_id, check_step_key, new_id, read_bytes_nofollow
 
 PRIORITIES = ("low", "normal", "high")
 EXIT_FOR_STATUS = {
@@ -232,7 +232,13 @@ def prepare(
     )
     if dry_run:
         document["dryRun"] = True
-    store.save_snapshot(execution_id, document)
+    try:
+        store.save_snapshot(execution_id, document)
+    except Exception:
+        import shutil
+
+        shutil.rmtree(exec_dir, ignore_errors=True)  # no half-made execution is left behind
+        raise
     return execution_id
 
 
@@ -456,9 +462,7 @@ def load_execution_state(execution_id: str) -> tuple[ExecutionState, int]:
     journal = store.journal_path(execution_id)
     offset = int(snapshot.get("journalOffset") or 0)
     try:
-        with open(journal, "rb") as handle:
-            handle.seek(offset)
-            tail = handle.read()
+        tail = read_bytes_nofollow(journal, offset=offset)
     except FileNotFoundError:
         tail = b""
     events, intact = read_journal(tail, source=str(journal), first_line=_line_at(journal, offset))
@@ -473,8 +477,7 @@ def _line_at(path: Path, offset: int) -> int:
     """The 1-based number of the journal line that starts at byte `offset`."""
     if offset <= 0:
         return 1
-    with open(path, "rb") as handle:
-        return handle.read(offset).count(b"\n") + 1
+    return read_bytes_nofollow(path, limit=offset).count(b"\n") + 1
 
 
 def load_execution(execution_id: str) -> ExecutionState:
@@ -529,8 +532,11 @@ def summary(document: dict) -> dict:
     }
 
 
-def logs(execution_id: str, step: str | None = None) -> dict:
-    """The captured output of a step's attempts (every step's when `step` is None)."""
+def logs(execution_id: str, step: str | None = None, *, raw: bool = False) -> dict:
+    """The captured output of a step's attempts (every step's when `step` is None).
+
+    Each entry's `log` is text (invalid UTF-8 replaced); with `raw`, it is the exact bytes.
+    """
     store = _store()
     state = load_execution(execution_id)
     keys = [record["id"] for record in walk(state.document["steps"])]
@@ -544,12 +550,12 @@ def logs(execution_id: str, step: str | None = None) -> dict:
     for key in keys:
         path = store.log_path(execution_id, key)
         try:
-            text = path.read_bytes().decode("utf-8", "replace")
+            data = read_bytes_nofollow(path)
         except FileNotFoundError:
             if step is None:
                 continue
-            text = ""
-        entries.append({"step": key, "log": text})
+            data = b""
+        entries.append({"step": key, "log": data if raw else data.decode("utf-8", "replace")})
     return {"executionId": execution_id, "logs": entries}
 
 
@@ -684,9 +690,7 @@ def watch(
     while state.document.get("status") not in FINISHED + ("interrupted",):
         alive = runner_alive(store, execution_id)
         try:
-            with open(journal, "rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read()
+            chunk = read_bytes_nofollow(journal, offset=offset)
         except FileNotFoundError:
             chunk = b""
         offset += len(chunk)

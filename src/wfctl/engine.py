@@ -376,6 +376,9 @@ class Engine:
                 event["parent"] = parent
             self.emit(event)
             attempt_started = time.monotonic()
+            if self.cancelled:  # e.g. the start could not be recorded: do not run it
+                outcome = failure("cancelled", "cancelled before it started.")
+                break
             if resolved is None:
                 outcome = failure("error", f"agent '{agent_name}' is not defined.")
             else:

@@ -47,6 +47,7 @@ class Recorder:
         self.listeners: list[Listener] = []
         # Set when the record cannot be written: the run must stop starting steps.
         self.broken: str | None = None
+        self.broken_at: str | None = None  # the step whose event could not be written
         self.on_broken: Callable[[str], None] | None = None
         self._lock = threading.Lock()
         path = store.journal_path(execution_id)
@@ -70,7 +71,7 @@ class Recorder:
                 try:
                     self._append(line)
                 except (OSError, StoreError) as err:
-                    self._break(err)
+                    self._break(err, event)
             self.state.apply(event)
             if self.broken is None:
                 try:
@@ -81,7 +82,7 @@ class Recorder:
                     if now - self._last_snapshot >= SNAPSHOT_INTERVAL or event["type"].startswith("execution."):
                         self._snapshot(sync=False)
                 except (OSError, StoreError) as err:
-                    self._break(err)
+                    self._break(err, event)
             for listener in self.listeners:
                 listener(event, self.state)
 
@@ -97,11 +98,12 @@ class Recorder:
         faults.io_error("eio-fsync")
         os.fsync(self._journal.fileno())
 
-    def _break(self, err: Exception) -> None:
+    def _break(self, err: Exception, event: dict | None = None) -> None:
         """The record cannot be written: say where, once, and stop the run. An fsync
         error is not retried: after one, what reached the disk is unknown."""
         message = getattr(err, "message", None) or f"cannot write {self.store.journal_path(self.execution_id)}: {getattr(err, 'strerror', None) or err}"
         self.broken = message.rstrip(".")
+        self.broken_at = (event or {}).get("step") or self.state.document.get("currentStep")
         if self.on_broken is not None:
             self.on_broken(self.broken)
 
@@ -118,7 +120,7 @@ class Recorder:
                     self._sync()
                     self._snapshot(sync=True)
             except (OSError, StoreError) as err:
-                self._break(err)
+                self._break(err, None)
             finally:
                 self._journal.close()
 
@@ -292,7 +294,9 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
     document = state.document
     workflow_id = document["workflowId"]
     exec_dir = store.execution_dir(execution_id)
-    check_not_symlinks(exec_dir, exec_dir / "logs")
+    check_not_symlinks(exec_dir, exec_dir / "logs", exec_dir / "events.jsonl")
+    for leftover in exec_dir.glob(".execution.json.*.tmp"):
+        leftover.unlink(missing_ok=True)  # a snapshot a crashed runner never renamed
     secrets = resolve(definition.get("secrets"), base=options.base_dir)
     masker = Masker(secrets.values()) if secrets else None
     recorder = Recorder(store, execution_id, state, intact=intact, masker=masker)
@@ -382,12 +386,17 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
             timer.cancel()
         recorder.close()
     if recorder.broken:
-        where = state.document.get("error", {}).get("step") or state.document.get("currentStep")
-        raise StoreError(
-            f"{recorder.broken}; the execution stopped"
-            + (f" at step {where}" if where else "")
-            + " and what it recorded before stays readable."
-        )
+        if state.document.get("status") == "completed":
+            outcome = "the execution completed, but its record could not be made durable"
+        elif recorder.broken_at:
+            outcome = f"the execution stopped at step {recorder.broken_at}"
+        else:
+            outcome = "the execution stopped before its first step"
+        try:
+            write_trace(store, state.document, definition)
+        except (OSError, StoreError):
+            pass  # the disk that failed the journal may fail this too; the error below says so
+        raise StoreError(f"{recorder.broken}; {outcome}. What was recorded stays readable; `wfctl resume` continues it.")
     write_trace(store, state.document, definition)
     return state.document
 

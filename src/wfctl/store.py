@@ -148,14 +148,7 @@ def write_json_atomic(
 
 def read_json(path: Path) -> Any:
     # O_NOFOLLOW: a symlink planted in the data directory is never followed.
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise
-    except OSError as err:
-        raise StoreError(f"cannot read {path}: {err.strerror or err}.") from err
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read()
+    data = read_bytes_nofollow(path)
     try:
         return json.loads(data)
     except ValueError as err:
@@ -165,8 +158,33 @@ def read_json(path: Path) -> Any:
 def open_append(path: Path):
     """Open a file for appending, created 0600, never through a symlink."""
     ensure_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    except OSError as err:
+        raise _store_error(path, err) from err
     return os.fdopen(fd, "ab", buffering=0)
+
+
+def read_bytes_nofollow(path: Path, *, offset: int = 0, limit: int = -1) -> bytes:
+    """A file's bytes (from `offset`), refusing a symlink planted in its place."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise _store_error(path, err) from err
+    with os.fdopen(fd, "rb") as handle:
+        if offset:
+            handle.seek(offset)
+        return handle.read(limit)
+
+
+def _store_error(path: Path, err: OSError) -> StoreError:
+    import errno
+
+    if err.errno == errno.ELOOP:
+        return StoreError(f"{path} is a symbolic link; wfctl does not follow links inside its data directory.")
+    return StoreError(f"cannot open {path}: {err.strerror or err}.")
 
 
 def check_private(root: Path) -> None:
@@ -346,7 +364,10 @@ class FileLock:
     def acquire(self) -> bool:
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+        except OSError as err:
+            raise _store_error(self.path, err) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
         except BlockingIOError:

@@ -248,7 +248,10 @@ def execution(
         return
     console = stdout_console()
     console.print(f"{document['executionId']} · {document.get('workflowName')} ({document.get('workflowId')})")
-    console.print(f"status {document['status']} · started {document.get('startedAt')} · completed {document.get('completedAt')}")
+    times = f"started {document.get('startedAt')}" if document.get("startedAt") else "not started"
+    if document.get("completedAt"):
+        times += f" · ended {document['completedAt']}"
+    console.print(f"status {document['status']} · {times}", markup=False)
     if document.get("error"):
         console.print(f"error at {document['error'].get('step')}: {document['error'].get('message')}", markup=False)
     if document.get("cancelReason"):
@@ -294,15 +297,16 @@ def logs(
     """Print the captured output of a step's attempts (every step's without STEP)."""
     from wfctl import api
 
-    document = api.logs(execution_id, step)
+    document = api.logs(execution_id, step, raw=not json)
     if json:
         emit_json(document)
         return
+    out = sys.stdout.buffer  # the exact bytes the steps printed
     for entry in document["logs"]:
         if len(document["logs"]) > 1 or step is None:
-            sys.stdout.write(f"##### {entry['step']}\n")
-        sys.stdout.write(entry["log"])
-    sys.stdout.flush()
+            out.write(f"##### {entry['step']}\n".encode())
+        out.write(entry["log"])
+    out.flush()
 
 
 def register(app: typer.Typer) -> None:

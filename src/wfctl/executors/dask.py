@@ -100,8 +100,11 @@ def connect(address: str) -> "DaskExecutor":
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
     except OSError as err:
         raise UsageError(f"cannot reach the Dask scheduler at {shown}: {_reason(err)}.") from None
-    # Workers get this module's code with each task: they need distributed, not wfctl.
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # Workers get this module's code with each task: they need distributed, not wfctl
+    # (with an old cloudpickle that cannot do this, workers need wfctl installed too).
+    register = getattr(cloudpickle, "register_pickle_by_value", None)
+    if register is not None:
+        register(sys.modules[__name__])
     try:
         client = distributed.Client(f"tcp://{shown}", timeout=CONNECT_TIMEOUT, set_as_default=False)
     except Exception as err:  # OSError, TimeoutError, a comm error: all mean the same here
@@ -212,9 +215,16 @@ class DaskExecutor:
         while not done.wait(TICK):
             if give_up is None and ctx.cancelled():
                 try:
-                    self.client.set_metadata([key, "cancel"], True)
+                    started = self.client.get_metadata([key, "worker"], default=None)
+                    if started:
+                        self.client.set_metadata([key, "cancel"], True)
                 except Exception:
-                    pass
+                    started = "?"
+                if not started:
+                    # Still queued on the cluster: dropping it is enough (a worker that
+                    # picks it up right now sees it dropped and stops the step).
+                    future.cancel()
+                    return failure("cancelled", "cancelled before it started on the cluster.")
                 give_up = time.monotonic() + REPORT_WAIT
             elif give_up is not None and time.monotonic() >= give_up:
                 # Not started yet, or the worker is not answering: dropping the task makes
@@ -364,7 +374,8 @@ def _last_meaningful(text: str) -> str:
 def _write_log(ctx: Any, payload: dict, worker: str | None, note: str | None, log: bytes, stdout: bytes, last: str) -> None:
     from wfctl.agents import _open_log
 
-    parts = [f"=== attempt {ctx.attempt} · {payload['label']}\n=== on worker {worker or '?'}\n".encode("utf-8", "replace")]
+    where = f"on worker {worker}" if worker else "on the cluster (no worker reported)"
+    parts = [f"=== attempt {ctx.attempt} · {payload['label']}\n=== {where}\n".encode("utf-8", "replace")]
     if note:
         parts.append(f"=== {note}\n".encode("utf-8", "replace"))
     if log:
