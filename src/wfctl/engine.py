@@ -306,7 +306,7 @@ class Engine:
                 outcome = failure("error", f"escalation agent '{policy.escalate_to}' is not defined.")
             else:
                 ctx = self._context(step, f"{key}@escalation", frame, task, context_inputs, 1, ChainMap({"task": task}, scope))
-                outcome = run_agent(resolved[1], ctx)
+                outcome = (self.settings.executor or run_agent)(resolved[1], ctx)
             event["ok"] = outcome.ok
             if outcome.ok:
                 event["output"] = outcome.output
@@ -404,6 +404,7 @@ class Engine:
                     "error": outcome.error,
                     "attemptDuration": round(time.monotonic() - attempt_started, 6),
                     "retryIn": round(wait, 3),
+                    **({"worker": outcome.worker} if outcome.worker else {}),
                 }
             )
             self._wait(wait)

@@ -279,7 +279,7 @@ def _task_error(error: BaseException | None) -> Any:
 
 def _outcome(report: dict, payload: dict, ctx: Any) -> Any:
     """The worker's report → the attempt's Outcome; its log goes to the step's log file."""
-    from wfctl.agents import Outcome, _last_line, _open_log, _seconds, failure, parse_result
+    from wfctl.agents import Outcome, _last_line, _seconds, failure, parse_result
 
     worker = report.get("worker")
     if report.get("lost"):
