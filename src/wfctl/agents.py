@@ -56,6 +56,7 @@ class AttemptContext:
     nice: int = 0  # added to the step processes' nice value (low-priority runs)
     masker: Any = None  # a masking.Masker when the workflow has secrets
     secrets: Any = None  # NAME → value, handed to python agents as context["secrets"]
+    agent_name: str | None = None  # how the step names its agent, for messages
     cancelled: Callable[[], bool] = lambda: False
     on_process: Callable[[subprocess.Popen | None], None] = lambda proc: None
 
@@ -98,10 +99,16 @@ def parse_result(text: str) -> Any:
         return None
     if stripped[0] in "{[\"-0123456789tfn":
         try:
-            return json.loads(stripped)
+            return json.loads(stripped, parse_constant=_no_constant)
         except ValueError:
             pass
     return stripped
+
+
+def _no_constant(name: str):
+    # NaN and Infinity are not JSON: output holding them stays text, so every record
+    # wfctl writes is JSON that jq and others can read.
+    raise ValueError(name)
 
 
 def describe(agent: dict) -> str:
@@ -192,11 +199,17 @@ def run_command(agent: dict, ctx: AttemptContext) -> Outcome:
         ctx.output_path.unlink()
     except FileNotFoundError:
         pass
-    log = _open_log(ctx.log_path)
+    try:
+        log = _open_log(ctx.log_path)
+    except OSError as err:
+        return failure("error", f"cannot open the step's log {ctx.log_path}: {err.strerror or err}.")
     try:
         header = f"=== attempt {ctx.attempt} · {_argv_text(argv)}\n"
         log.write(ctx.masker.text(header).encode("utf-8", "replace") if ctx.masker else header.encode("utf-8", "replace"))
-        stdin_read, stdin_write = os.pipe()
+        try:
+            stdin_read, stdin_write = os.pipe()
+        except OSError as err:
+            return failure("error", f"cannot start {argv[0]!r}: {err.strerror or err}.")
         try:
             proc = subprocess.Popen(
                 argv,
@@ -481,7 +494,8 @@ def run_python(target: str, ctx: AttemptContext) -> Outcome:
     try:
         function = resolve_python(target)
     except Exception as err:  # an agent's import can fail in any way; it is reported, not raised
-        return failure("error", f"cannot load python agent '{target}': {type(err).__name__}: {err}")
+        who = f"'{ctx.agent_name}' ({target})" if ctx.agent_name and ctx.agent_name != target else f"'{target}'"
+        return failure("error", f"cannot load python agent {who}: {type(err).__name__}: {err}")
     if ctx.timeout is None:
         return _call_python(target, function, ctx)
     # A thread cannot be killed: on a timeout the attempt fails and the call is abandoned.

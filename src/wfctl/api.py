@@ -114,11 +114,22 @@ def _looks_like_file(ref: str) -> bool:
     return ref.endswith((".yaml", ".yml", ".json")) or os.sep in ref or Path(ref).is_file()
 
 
+def _names_a_file(registry: Registry, ref: str) -> bool:
+    """Does `ref` name a workflow file? An existing file does; so does something that
+    looks like a path (a separator, a .yaml/.yml/.json suffix) and is no workflow's
+    name, so that a missing file is reported as such (exit 2), not as not found."""
+    if not _looks_like_file(ref):
+        return False
+    if Path(ref).exists():
+        return True
+    return registry.find_by_name(ref) is None
+
+
 def resolve_workflow(ref: str) -> dict:
     """A workflow by id, name, or file path (a file is registered on the way, its name
     updating the workflow of that name rather than adding another)."""
     registry = Registry(_store())
-    if _looks_like_file(ref) and Path(ref).exists():
+    if _names_a_file(registry, ref):
         definition, path = _load_definition(ref)
         record, _ = registry.register(definition, source=path, update=True)
         return record
@@ -127,9 +138,10 @@ def resolve_workflow(ref: str) -> dict:
 
 def definition_of(ref: str) -> dict:
     """The definition of a registered workflow, or of a workflow file (not registered)."""
-    if _looks_like_file(ref) and Path(ref).exists():
+    registry = Registry(_store())
+    if _names_a_file(registry, ref):
         return _load_definition(ref)[0]
-    return Registry(_store()).resolve(ref)["definition"]
+    return registry.resolve(ref)["definition"]
 
 
 # -- executions -----------------------------------------------------------------------------
@@ -169,7 +181,7 @@ def prepare(
     """
     from wfctl.runner import open_executor
     from wfctl.store import write_json_atomic
-    from wfctl.validate import check_execution_input, validate_mapping
+    from wfctl.validate import check_execution_input, load_workflow, validate_mapping
 
     if priority not in PRIORITIES:
         raise UsageError(f"--priority must be one of {', '.join(PRIORITIES)}, not '{priority}'.")
@@ -177,18 +189,19 @@ def prepare(
         raise UsageError("--input must be a JSON object.")
     store = _store()
     registry = Registry(store)
-    source: Path | None = None
-    if _looks_like_file(workflow) and Path(workflow).exists():
-        # A file is registered only once everything below has been checked.
-        definition, source = _load_definition(workflow)
-        record = None
-    else:
-        record = registry.resolve(workflow)
-        definition = record["definition"]
     config = Config()
+    known_agents, known_teams = _known(config) if not dry_run else (None, None)
+    source: Path | None = None
+    record = None if _names_a_file(registry, workflow) else registry.resolve(workflow)
+    if record is None:
+        # A file: checked whole (its agents and teams too, with lines), and registered
+        # only once everything below has been checked as well.
+        definition, _lines = load_workflow(Path(workflow), known_agents=known_agents, known_teams=known_teams)
+        source = Path(workflow).resolve()
+    else:
+        definition = record["definition"]
     name = definition.get("name") or workflow
-    if not dry_run:
-        known_agents, known_teams = _known(config)
+    if record is not None and not dry_run:
         problems = validate_mapping(definition, file=name, known_agents=known_agents, known_teams=known_teams)
         if problems:
             raise WorkflowInvalid(problems)

@@ -113,6 +113,7 @@ class Engine:
         self._policies: dict[int, Policy] = {}
         self._pause_gate: Callable[[], None] | None = None
         self._active_lock = threading.Lock()
+        self._spawn_slots = threading.BoundedSemaphore(_command_slots())
         self.active = 0  # task steps running right now (pausing waits for them to finish)
 
     # -- control ----------------------------------------------------------------------------
@@ -474,7 +475,13 @@ class Engine:
             return failure("error", err.message)
         ctx = self._context(step, key, frame, task_text, inputs, attempt, ChainMap({"task": task_text}, scope))
         ctx.env.update(env)
-        return (self.settings.executor or run_agent)(agent, ctx)
+        ctx.agent_name = step.get("agent")
+        if "run" not in agent:
+            return (self.settings.executor or run_agent)(agent, ctx)
+        # Each running command holds a few file descriptors: however high maxConcurrency
+        # is, no more start at once than the descriptor limit allows.
+        with self._spawn_slots:
+            return (self.settings.executor or run_agent)(agent, ctx)
 
     def _context(
         self, step: dict, key: str, frame: Frame, task: str | None, inputs: dict, attempt: int, scope: Mapping
@@ -584,7 +591,11 @@ class Engine:
                         return
                     position = next_position[0]
                     next_position[0] += 1
-                result = thunks[position]()
+                try:
+                    result = thunks[position]()
+                except Exception as err:  # a bug must fail one step, not leave the run hanging
+                    self._failure = self._failure or {"kind": "error", "message": f"internal error: {err!r}"}
+                    result = (False, None)
                 results[position] = result
                 if not result[0]:
                     with lock:
@@ -737,6 +748,20 @@ class Engine:
         ok, value = member_run(member)
         error = None if ok else {"kind": "failed", "message": f"team member '{member}' failed."}
         return ok, value, error, {"member": member}
+
+
+FDS_PER_COMMAND = 6  # pipes, the log, and what the child holds while it starts
+FDS_RESERVED = 64  # the journal, snapshots, locks, Python's own
+
+
+def _command_slots() -> int:
+    """How many commands may run at once under this process's open-file limit."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1024
+    return max(1, (soft - FDS_RESERVED) // FDS_PER_COMMAND)
 
 
 def _plain(value: Any) -> str:

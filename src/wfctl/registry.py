@@ -211,4 +211,7 @@ def _bounded(value: int, option: str) -> int:
 
 
 def _short(text: str) -> str:
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A name from the command line, safe to print: no control characters reach the terminal."""
+    from wfctl.store import printable
+
+    return printable(text)

@@ -70,24 +70,26 @@ def is_workflow_id(text: str) -> bool:
 def check_execution_id(text: str) -> str:
     if not _EXECUTION_ID.fullmatch(text):
         raise UsageError(
-            f"'{_printable(text)}' is not an execution id (they look like exec_0mhx3k2a1b2c3d4e)."
+            f"'{printable(text)}' is not an execution id (they look like exec_0mhx3k2a1b2c3d4e)."
         )
     return text
 
 
 def check_workflow_id(text: str) -> str:
     if not _WORKFLOW_ID.fullmatch(text):
-        raise UsageError(f"'{_printable(text)}' is not a workflow id (they look like wf_0mhx3k2a1b2c3d4e).")
+        raise UsageError(f"'{printable(text)}' is not a workflow id (they look like wf_0mhx3k2a1b2c3d4e).")
     return text
 
 
 def check_step_key(text: str) -> str:
     if not _STEP_KEY.fullmatch(text) or text in {".", ".."}:
-        raise UsageError(f"'{_printable(text)}' is not a step id.")
+        raise UsageError(f"'{printable(text)}' is not a step id.")
     return text
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
+    """Text from outside, safe in a one-line message: escapes instead of control
+    characters, newlines or bidi overrides, and at most 80 characters."""
     shown = text if len(text) <= 80 else text[:77] + "..."
     return shown.encode("unicode_escape").decode("ascii")
 

@@ -192,6 +192,30 @@ def _has_input_type(value: Any, wanted: str) -> bool:
 
 
 # -- the tree of steps, gathered once (iteratively) ----------------------------------------------
+_FINISHED = "\0finished:"  # prefix of the names that mark a step as behind
+
+
+def _subtree_ids(step: dict) -> list[str]:
+    """The ids of a step and of every step inside it."""
+    found: list[str] = []
+    stack = [step]
+    while stack:
+        current = stack.pop()
+        if not isinstance(current, dict):
+            continue
+        if isinstance(current.get("id"), str):
+            found.append(current["id"])
+        for key in ("steps", "then", "else"):
+            value = current.get(key)
+            if isinstance(value, list):
+                stack.extend(value)
+            elif isinstance(value, dict):
+                stack.append(value)
+        if isinstance(current.get("step"), dict):
+            stack.append(current["step"])
+    return found
+
+
 _LOOP_SCOPE = frozenset({"item", "index"})
 _FALLBACK_SCOPE = frozenset({"error"})
 
@@ -643,6 +667,10 @@ class _Validator:
         if isinstance(output, str) and _NAME_RE.match(output):
             self.register_output(output, path, info, scope)
             self.produce(output)
+        # `steps.<id>` is readable once the step (and everything inside it: run or
+        # skipped) is behind: a name no output can have marks it.
+        for finished in _subtree_ids(step):
+            self.produce(_FINISHED + finished)
 
     def step_id(self, value: Any, path: str) -> None:
         field = spec.STEP_COMMON[0]
@@ -736,10 +764,19 @@ class _Validator:
                                       f"{did_you_mean(second, self.declared)}")
                 continue
             if root == "steps":
-                if isinstance(second, str) and second not in self.tree.ids and ("steps", second) not in done:
-                    done.add(("steps", second))
+                if not isinstance(second, str) or ("steps", second) in done:
+                    continue
+                done.add(("steps", second))
+                third = ref[2] if len(ref) > 2 else None
+                if second not in self.tree.ids:
                     self.report(path, f"'steps.{second}' in {what}: there is no step with the id '{second}'"
                                       f"{_suggest(second, self.tree.ids)}")
+                elif third is not None and third not in ("status", "output"):
+                    self.report(path, f"'steps.{second}.{third}' in {what}: a step has only status and output"
+                                      f"{did_you_mean(str(third), ('status', 'output'))}")
+                elif _FINISHED + second not in self.avail:
+                    self.report(path, f"'steps.{second}' in {what}: step '{second}' does not always run "
+                                      f"before this one, so its status and output may not exist yet")
                 continue
             if root == "secrets" and self.secrets is not None:
                 if isinstance(second, str) and second not in self.secrets and ("secrets", second) not in done:

@@ -32,12 +32,37 @@ def parse_input(text: str | None) -> dict[str, Any]:
     else:
         raw = text
     try:
-        value = jsonlib.loads(raw)
+        value = jsonlib.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except ValueError as err:
         raise UsageError(f"{source} is not valid JSON: {err}.") from err
+    if _has_infinity(value):
+        raise UsageError(f"{source} has a number too large for JSON.")
     if not isinstance(value, dict):
         raise UsageError(f"{source} must be a JSON object, not {type(value).__name__}.")
     return value
+
+
+def _unique_keys(pairs: list) -> dict:
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"the key {key!r} appears twice")
+        seen[key] = value
+    return seen
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _has_infinity(value: Any) -> bool:
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return any(_has_infinity(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_infinity(v) for v in value)
+    return False
 
 
 def execute(
