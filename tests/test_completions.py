@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -28,3 +29,19 @@ def test_bash_completion_lists_commands():
     result = subprocess.run(["wfctl"], env=env, capture_output=True, text=True)
     assert "execute" in result.stdout.split()
     assert "execution" in result.stdout.split()
+
+
+def test_cached_help_is_what_typer_prints(wfctl):
+    """`wfctl --help` prints src/wfctl/cli/help.txt without importing Typer; it must be
+    exactly the page Typer renders (regenerate: see the assertion message)."""
+    rendered = subprocess.run(
+        [sys.executable, "-c", "from wfctl.cli.app import app; app(['--help'], prog_name='wfctl')"],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"},
+    ).stdout
+    cached = (REPO / "src" / "wfctl" / "cli" / "help.txt").read_text()
+    assert cached == rendered, (
+        "src/wfctl/cli/help.txt is out of date: regenerate it with "
+        "python -c \"from wfctl.cli.app import app; app(['--help'], prog_name='wfctl')\" > src/wfctl/cli/help.txt"
+    )
+    assert wfctl("--help").stdout == cached
+    assert "execute" in cached and "Usage: wfctl" in cached

@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.stdout.write(f"wfctl {__version__}\n")
         return
+    if args in (["--help"], ["-h"]) and _print_cached_help():
+        return
     from wfctl.cli.app import app
     from wfctl.cli.output import report_error
     from wfctl.errors import WfctlError
@@ -35,3 +37,23 @@ def main(argv: list[str] | None = None) -> None:
             raise
         report_error(err, json_mode="--json" in args, internal=True)
         sys.exit(1)
+
+
+def _print_cached_help() -> bool:
+    """`wfctl --help` from help.txt, the text Typer renders for it (a test keeps the two
+    equal): importing Typer to print a fixed page would cost most of the start-up time.
+
+    Click wraps help to the terminal, up to 80 columns; on a narrower terminal Typer
+    renders it instead.
+    """
+    import shutil
+    from pathlib import Path
+
+    if shutil.get_terminal_size().columns < 80:
+        return False
+    try:
+        text = (Path(__file__).parent / "help.txt").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    sys.stdout.write(text)
+    return True
