@@ -181,7 +181,7 @@ def prepare(
     """
     from wfctl.runner import open_executor
     from wfctl.store import write_json_atomic
-    from wfctl.validate import check_execution_input, load_workflow, validate_mapping
+    from wfctl.validate import check_agents_and_teams, check_execution_input, load_workflow
 
     if priority not in PRIORITIES:
         raise UsageError(f"--priority must be one of {', '.join(PRIORITIES)}, not '{priority}'.")
@@ -202,7 +202,9 @@ def prepare(
         definition = record["definition"]
     name = definition.get("name") or workflow
     if record is not None and not dry_run:
-        problems = validate_mapping(definition, file=name, known_agents=known_agents, known_teams=known_teams)
+        # Validated whole when it was registered; the agents and teams of config.toml
+        # may have changed since.
+        problems = check_agents_and_teams(definition, file=name, known_agents=known_agents, known_teams=known_teams)
         if problems:
             raise WorkflowInvalid(problems)
     run_input = check_execution_input(definition, dict(input or {}), file=name)
@@ -773,7 +775,7 @@ def traces(workflow: str, *, page: int = 1, size: int | None = None) -> dict:
     elements = []
     for trace_id in store.trace_ids(workflow_id):
         try:
-            trace = store.load_trace(workflow_id, trace_id)
+            trace = store.trace_summary(workflow_id, trace_id)
         except Exception:  # a trace removed meanwhile is left out
             continue
         elements.append(

@@ -48,6 +48,8 @@ class Control:
             pass
 
     def cancel_request(self) -> dict | None:
+        if not os.path.exists(self.cancel_path):  # the common case, checked before every step
+            return None
         try:
             request = read_json(self.cancel_path)
         except FileNotFoundError:

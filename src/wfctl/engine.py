@@ -367,6 +367,12 @@ class Engine:
         outcome: Outcome | None = None
         scope = self._scope(frame)
         attempt_started = started
+        # An in-process call that succeeds at once is journaled as one event, not two:
+        # its start is folded into its end (half the journal cost of a python step). A
+        # runner that dies during the call leaves it pending, and it runs again, as it
+        # would after a recorded start.
+        fold = resolved is not None and "python" in resolved[1] and self.settings.executor is None
+        deferred: dict | None = None
         while True:
             if self.cancelled:
                 outcome = outcome or failure("cancelled", "cancelled before it started.")
@@ -375,7 +381,10 @@ class Engine:
             event = {"type": "step.started", "at": now_iso(), "step": key, "id": step["id"], "attempt": attempt, "agent": label}
             if parent is not None:
                 event["parent"] = parent
-            self.emit(event)
+            if fold:
+                deferred = event
+            else:
+                self.emit(event)
             attempt_started = time.monotonic()
             if self.cancelled:  # e.g. the start could not be recorded: do not run it
                 outcome = failure("cancelled", "cancelled before it started.")
@@ -389,6 +398,9 @@ class Engine:
                 outcome = failure("timeout", self.cancel_reason or "the workflow timed out.", outcome.exit_code)
             if outcome.ok:
                 break
+            if deferred is not None:
+                self.emit(deferred)  # a failed attempt is recorded in full
+                deferred = None
             kind = outcome.error["kind"] if outcome.error else "failed"
             if not self._should_retry(policy, kind, outcome, attempt - first_attempt + 1, started):
                 break
@@ -428,6 +440,11 @@ class Engine:
         }
         if parent is not None:
             event["parent"] = parent
+        if deferred is not None:
+            if ok:
+                event.update(id=step["id"], attempt=attempt, agent=label, startedAt=deferred["at"])
+            else:
+                self.emit(deferred)
         if ok:
             event["output"] = outcome.output
             if step.get("output") and member_of is None:

@@ -259,6 +259,12 @@ def _attempt_failed(state: ExecutionState, event: dict) -> None:
 def _step_finished(state: ExecutionState, event: dict) -> None:
     record = state._record_for(event)
     status = event["status"]
+    if "startedAt" in event:  # a start folded into this event (an in-process call)
+        record.setdefault("startedAt", event["startedAt"])
+        record["agent"] = event.get("agent")
+        record.setdefault("attempts", []).append(
+            {"attempt": event["attempt"], "status": "running", "startedAt": event["startedAt"]}
+        )
     record["status"] = status
     if status != "skipped" or "startedAt" in record:
         record["completedAt"] = event["at"]

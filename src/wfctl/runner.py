@@ -203,7 +203,7 @@ def estimate_duration(store: Store, workflow_id: str, samples: int = 10) -> floa
     durations = []
     for trace_id in store.trace_ids(workflow_id)[: samples * 3]:
         try:
-            trace = store.load_trace(workflow_id, trace_id)
+            trace = store.trace_summary(workflow_id, trace_id)
         except Exception:  # a trace being written or removed right now is just skipped
             continue
         if trace.get("status") == "executed" and isinstance(trace.get("duration"), (int, float)):

@@ -345,6 +345,24 @@ class Store:
         except FileNotFoundError:
             raise TraceNotFound(f"no trace {trace_id} for workflow {workflow_id}.") from None
 
+    def trace_summary(self, workflow_id: str, trace_id: str) -> dict:
+        """A trace's fields before `response` (id, status, run_date, duration, ...),
+        read from the start of its file: traces of long runs are megabytes."""
+        path = self.trace_path(workflow_id, trace_id)
+        try:
+            head = read_bytes_nofollow(path, limit=4096)
+        except FileNotFoundError:
+            raise TraceNotFound(f"no trace {trace_id} for workflow {workflow_id}.") from None
+        cut = head.find(b',"response":')
+        if cut > 0:
+            try:
+                return json.loads(head[:cut] + b"}")
+            except ValueError:
+                pass
+        trace = self.load_trace(workflow_id, trace_id)
+        trace.pop("response", None)
+        return trace
+
     def trace_ids(self, workflow_id: str) -> list[str]:
         """Trace ids of one workflow, newest first."""
         try:

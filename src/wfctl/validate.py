@@ -67,6 +67,41 @@ def validate_mapping(
     return validate_document(doc, file=file, lines=None, known_agents=known_agents, known_teams=known_teams)
 
 
+def check_agents_and_teams(
+    doc: dict, *, file: str, known_agents: Iterable[str], known_teams: Iterable[str]
+) -> list[Problem]:
+    """Only the agent and team names of an already valid definition (a registered one,
+    whose agents in config.toml may have changed): much cheaper than a whole validation."""
+    checker = _Validator(file, {}, known_agents, known_teams)
+    checker.workflow_agents = _names(doc.get("agents"))
+    checker.workflow_teams = _names(doc.get("teams"))
+    for name, team in (doc.get("teams") or {}).items():
+        for i, member in enumerate((team or {}).get("members") or []):
+            checker.check_agent(member, child_path(child_path(child_path("teams", name), "members"), i), "team member")
+    stack: list[tuple[Any, str]] = [((doc.get("errorHandling") or {}), "errorHandling")]
+    stack += [(step, child_path("steps", i)) for i, step in enumerate(doc.get("steps") or [])]
+    while stack:
+        node, path = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        if isinstance(node.get("agent"), str):
+            checker.check_agent(node["agent"], child_path(path, "agent"), "agent")
+        if isinstance(node.get("teamId"), str):
+            checker.check_team(node["teamId"], child_path(path, "teamId"))
+        if isinstance(node.get("escalateTo"), str):
+            checker.check_agent(node["escalateTo"], child_path(path, "escalateTo"), "escalateTo")
+        for key in ("steps", "then", "else"):
+            value = node.get(key)
+            if isinstance(value, list):
+                stack += [(child, child_path(child_path(path, key), i)) for i, child in enumerate(value)]
+            elif isinstance(value, dict):
+                stack.append((value, child_path(path, key)))
+        for key in ("step", "errorHandling", "fallback"):
+            if isinstance(node.get(key), dict):
+                stack.append((node[key], child_path(path, key)))
+    return sorted(checker.problems, key=lambda p: p.path)
+
+
 def load_workflow(
     path: str | os.PathLike,
     *,
