@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from typing import Any, Callable
 
 # Output kept inline in the execution record; the full text stays in the log file.
 INLINE_OUTPUT_LIMIT = 256 * 1024
+PIPE_PRELOAD = 32 * 1024  # a context up to this size is written to stdin before the start
 KILL_GRACE_SECONDS = 2.0
 
 
@@ -210,6 +210,16 @@ def run_command(agent: dict, ctx: AttemptContext) -> Outcome:
             stdin_read, stdin_write = os.pipe()
         except OSError as err:
             return failure("error", f"cannot start {argv[0]!r}: {err.strerror or err}.")
+        # Most contexts fit in the pipe: written before the command starts, so the wait
+        # below watches the command's output only. What does not fit is fed as it reads.
+        os.set_blocking(stdin_write, False)
+        try:
+            context = context[os.write(stdin_write, context[:PIPE_PRELOAD]):]
+        except BlockingIOError:
+            pass
+        if not context:
+            os.close(stdin_write)
+            stdin_write = -1
         try:
             proc = subprocess.Popen(
                 argv,
@@ -224,7 +234,8 @@ def run_command(agent: dict, ctx: AttemptContext) -> Outcome:
             )
         except OSError as err:
             os.close(stdin_read)
-            os.close(stdin_write)
+            if stdin_write >= 0:
+                os.close(stdin_write)
             return failure("error", f"cannot start {argv[0]!r}: {err.strerror or err}.")
         os.close(stdin_read)
         ctx.on_process(proc)
@@ -296,38 +307,38 @@ class _Capture:
 
 
 def _communicate(proc: subprocess.Popen, stdin_fd: int, context: bytes, ctx: AttemptContext, capture: _Capture) -> str:
-    """Feed the context, read stdout (and stderr when masking), watch timeout and cancel.
+    """Feed a large context, read stdout (and stderr when masking), watch timeout and cancel.
 
     Returns how the command ended: exit, timeout or cancelled.
     """
+    import select
+
     deadline = time.monotonic() + ctx.timeout if ctx.timeout else None
     ended_by = "exit"
     streams = {proc.stdout.fileno(): "out"}
     if proc.stderr is not None:
         streams[proc.stderr.fileno()] = "err"
-    os.set_blocking(stdin_fd, False)
-    pending = memoryview(context)
-    selector = selectors.DefaultSelector()
+    # poll(2) on one or two descriptors: no epoll object to make and close per step.
+    poller = select.poll()
     for fd in streams:
-        selector.register(fd, selectors.EVENT_READ)
-    if pending:
-        selector.register(stdin_fd, selectors.EVENT_WRITE)
-    else:
-        os.close(stdin_fd)
-        stdin_fd = -1
+        poller.register(fd, select.POLLIN)
+    pending = memoryview(context)
+    if stdin_fd >= 0:
+        os.set_blocking(stdin_fd, False)
+        poller.register(stdin_fd, select.POLLOUT)
     open_streams = len(streams)
     try:
         while open_streams:
             wait = 0.2
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - time.monotonic()))
-            for key, _ in selector.select(wait):
-                if key.fd in streams:
-                    data = os.read(key.fd, 65536)
+            for fd, _mask in poller.poll(wait * 1000):
+                if fd in streams:
+                    data = os.read(fd, 65536)
                     if data:
-                        capture.add(streams[key.fd], data)
+                        capture.add(streams[fd], data)
                     else:
-                        selector.unregister(key.fd)
+                        poller.unregister(fd)
                         open_streams -= 1
                 else:
                     try:
@@ -337,7 +348,7 @@ def _communicate(proc: subprocess.Popen, stdin_fd: int, context: bytes, ctx: Att
                         if isinstance(err, BrokenPipeError):
                             pending = pending[:0]
                     if not pending:
-                        selector.unregister(stdin_fd)
+                        poller.unregister(stdin_fd)
                         os.close(stdin_fd)
                         stdin_fd = -1
             if ctx.cancelled():
@@ -354,7 +365,6 @@ def _communicate(proc: subprocess.Popen, stdin_fd: int, context: bytes, ctx: Att
                         capture.add(stream, data)
                 break
     finally:
-        selector.close()
         if stdin_fd >= 0:
             os.close(stdin_fd)
     if ended_by != "exit":

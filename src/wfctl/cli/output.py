@@ -9,8 +9,16 @@ from typing import Any
 
 
 def emit_json(document: Any) -> None:
-    """One JSON document on stdout, never through Rich (which would eat `[...]`)."""
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
+    """One JSON document on stdout, never through Rich (which would eat `[...]`).
+
+    Indented for a person at a terminal; compact for pipes and files, where Python's
+    fast C encoder writes a 10,000-step execution in a few milliseconds.
+    """
+    if sys.stdout.isatty():
+        text = json.dumps(document, indent=2, ensure_ascii=False, default=str)
+    else:
+        text = json.dumps(document, ensure_ascii=False, separators=(",", ":"), default=str)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 
