@@ -15,23 +15,13 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLES
+from helpers import walk, records, write
 
 SEED = EXAMPLES / "saas-launch.json"
 SEED_INPUT = '{"productName":"CloudSync Pro","targetMarket":"SMB businesses","budget":100000}'
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def walk(records):
-    for record in records:
-        yield record
-        yield from walk(record.get("steps") or [])
-
-
-def records(document) -> dict[str, dict]:
-    """Every step record of an execution document by its key."""
-    return {record["id"]: record for record in walk(document["steps"])}
-
-
 def when(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -39,18 +29,6 @@ def when(text: str) -> datetime:
 def wait_for(path: str) -> str:
     """sh: wait (at most 20 s) until `path` exists; fails the command if it never does."""
     return f'for i in $(seq 200); do [ -e "{path}" ] && break; sleep 0.1; done; [ -e "{path}" ]'
-
-
-def write(tmp_path: Path, text: str, name: str = "workflow.yaml", **values: str) -> Path:
-    """A workflow file from YAML text; `__NAME__` placeholders become the given values."""
-    import textwrap
-
-    text = textwrap.dedent(text)
-    for key, value in values.items():
-        text = text.replace(f"__{key}__", str(value))
-    path = tmp_path / name
-    path.write_text(text)
-    return path
 
 
 def counts(path: Path) -> list[int]:

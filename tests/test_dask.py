@@ -23,6 +23,7 @@ import distributed  # in the test extra (pip install -e '.[test]')
 import pytest
 
 from conftest import EXAMPLES, tree_snapshot
+from helpers import walk
 
 WAIT = 30.0  # bound of every wait here, in seconds
 
@@ -95,12 +96,6 @@ def kill_leftover(pid: int) -> None:
                 kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-
-
-def walk(records):
-    for record in records:
-        yield record
-        yield from walk(record.get("steps") or [])
 
 
 def record_of(document: dict, key: str) -> dict:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from conftest import EXAMPLES
+from helpers import walk
 
 # The --input each example needs (or shows off); examples not listed run without one.
 INPUTS = {
@@ -18,12 +19,6 @@ INPUTS = {
 
 EXAMPLE_FILES = sorted(path for path in EXAMPLES.iterdir() if path.suffix in (".yaml", ".yml", ".json"))
 SCHEMA_LINE = "# yaml-language-server: $schema=../../schema/workflow.schema.json"
-
-
-def walk(records):
-    for record in records:
-        yield record
-        yield from walk(record.get("steps") or [])
 
 
 def test_the_examples_are_all_here():

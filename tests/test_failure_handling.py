@@ -17,30 +17,10 @@ from datetime import datetime
 from pathlib import Path
 
 from servers import http_server, smtp_server
+from helpers import records, write
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def walk(records):
-    for record in records:
-        yield record
-        yield from walk(record.get("steps") or [])
-
-
-def records(document) -> dict[str, dict]:
-    """Every step record of an execution document by its key."""
-    return {record["id"]: record for record in walk(document["steps"])}
-
-
-def write(tmp_path: Path, text: str, name: str = "workflow.yaml", **values) -> Path:
-    """A workflow file from YAML text; `__NAME__` placeholders become the given values."""
-    text = textwrap.dedent(text)
-    for key, value in values.items():
-        text = text.replace(f"__{key}__", str(value))
-    path = tmp_path / name
-    path.write_text(text)
-    return path
-
-
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 

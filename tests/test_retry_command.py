@@ -8,36 +8,16 @@ for a file that the test creates between the two runs.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import textwrap
 import time
 from pathlib import Path
 
 from servers import http_server
+from helpers import records, write
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def walk(records):
-    for record in records:
-        yield record
-        yield from walk(record.get("steps") or [])
-
-
-def records(document) -> dict[str, dict]:
-    return {record["id"]: record for record in walk(document["steps"])}
-
-
-def write(tmp_path: Path, text: str, name: str = "workflow.yaml", **values) -> Path:
-    text = textwrap.dedent(text)
-    for key, value in values.items():
-        text = text.replace(f"__{key}__", str(value))
-    path = tmp_path / name
-    path.write_text(text)
-    return path
-
-
 def ran(tmp_path: Path) -> list[str]:
     """The side-effect file: one line per step run, in the order they ran."""
     path = tmp_path / "ran"

@@ -84,7 +84,6 @@ def execute(
 ) -> None:
     """Run a workflow and show its steps live; the exit code is the execution's."""
     from wfctl import api
-    from wfctl.cli.live import progress_display
 
     given = parse_input(input)
     notify = {"email": notify_email, "slack": notify_slack, "webhook": notify_webhook}
@@ -98,10 +97,7 @@ def execute(
             if not quiet:
                 say(f"{execution_id} {document['status']} in the background · follow it with: wfctl watch {execution_id}")
         return
-    display = progress_display(quiet=quiet, json_mode=json)
-    with display:
-        document = api.run_prepared(execution_id, on_event=display, on_start=display.start)
-    finish(document, json=json, quiet=quiet)
+    run_live(lambda **listeners: api.run_prepared(execution_id, **listeners), quiet=quiet, json=json)
 
 
 def run_detached(
@@ -125,12 +121,8 @@ def watch(
 ) -> None:
     """Show the live table of an execution run elsewhere until it ends; the exit code is the execution's."""
     from wfctl import api
-    from wfctl.cli.live import progress_display
 
-    display = progress_display(quiet=quiet, json_mode=json)
-    with display:
-        document = api.watch(execution_id, on_event=display, on_start=display.start)
-    finish(document, json=json, quiet=quiet)
+    run_live(lambda **listeners: api.watch(execution_id, **listeners), quiet=quiet, json=json)
 
 
 def cancel(
@@ -170,7 +162,6 @@ def resume(
 ) -> None:
     """Continue a paused execution, or one whose runner died (crash, kill, reboot)."""
     from wfctl import api
-    from wfctl.cli.live import progress_display
     from wfctl.runner import runner_alive
     from wfctl.store import Store
 
@@ -189,10 +180,7 @@ def resume(
         else:
             typer.echo(execution_id)
         return
-    display = progress_display(quiet=quiet, json_mode=json)
-    with display:
-        document = api.resume(execution_id, on_event=display, on_start=display.start)
-    finish(document, json=json, quiet=quiet)
+    run_live(lambda **listeners: api.resume(execution_id, **listeners), quiet=quiet, json=json)
 
 
 def prune(
@@ -226,6 +214,17 @@ def parse_age(text: str) -> float:
     return value * units[unit]
 
 
+def run_live(call, *, quiet: bool, json: bool) -> None:
+    """Run `call(on_event=…, on_start=…)` (execute, retry, resume, watch) with the live
+    display, then print its end and exit with its code."""
+    from wfctl.cli.live import progress_display
+
+    display = progress_display(quiet=quiet, json_mode=json)
+    with display:
+        document = call(on_event=display, on_start=display.start)
+    finish(document, json=json, quiet=quiet)
+
+
 def finish(document: dict, *, json: bool, quiet: bool) -> None:
     """Print the end of a run (execute, retry, resume) and exit with its code."""
     from wfctl import api
@@ -251,12 +250,8 @@ def retry(
 ) -> None:
     """Run a failed step again and continue the execution from there; completed steps do not run again."""
     from wfctl import api
-    from wfctl.cli.live import progress_display
 
-    display = progress_display(quiet=quiet, json_mode=json)
-    with display:
-        document = api.retry_step(execution_id, step, on_event=display, on_start=display.start)
-    finish(document, json=json, quiet=quiet)
+    run_live(lambda **listeners: api.retry_step(execution_id, step, **listeners), quiet=quiet, json=json)
 
 
 def execution(
