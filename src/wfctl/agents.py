@@ -133,7 +133,8 @@ def run_agent(agent: dict, ctx: AttemptContext) -> Outcome:
 
 
 # -- command agents -------------------------------------------------------------------------
-def _plain(value: Any) -> str:
+def plain_text(value: Any) -> str:
+    """A value as a step sees it in its environment: strings as they are, else compact JSON."""
     if isinstance(value, str):
         return value
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
@@ -157,7 +158,7 @@ def build_command(agent: dict, ctx: AttemptContext) -> tuple[list[str], dict[str
 def command_environment(agent: dict, ctx: AttemptContext, extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     for key, value in (agent.get("env") or {}).items():
-        env[str(key)] = _plain(value)
+        env[str(key)] = plain_text(value)
     env.update(ctx.env)
     env.update(extra)
     env.update(
@@ -174,7 +175,7 @@ def command_environment(agent: dict, ctx: AttemptContext, extra: dict[str, str])
         }
     )
     if ctx.in_loop:
-        env["WFCTL_ITEM"] = _plain(ctx.item)
+        env["WFCTL_ITEM"] = plain_text(ctx.item)
         env["WFCTL_INDEX"] = str(ctx.index)
     return env
 

@@ -25,7 +25,7 @@ from wfctl.errors import (
     UsageError,
     WorkflowInvalid,
 )
-from wfctl.record import ExecutionState, new_document, read_journal, walk
+from wfctl.record import TERMINAL_STATUSES, ExecutionState, new_document, read_journal, walk
 from wfctl.registry import Registry, paginate, present
 from wfctl.store import Store, check_execution_id, check_step_key, new_id, read_bytes_nofollow
 
@@ -574,7 +574,7 @@ def logs(execution_id: str, step: str | None = None, *, raw: bool = False) -> di
     return {"executionId": execution_id, "logs": entries}
 
 
-FINISHED = ("completed", "failed", "cancelled", "timed_out")
+FINISHED = TERMINAL_STATUSES
 
 
 def cancel(execution_id: str, reason: str | None = None, *, wait: float = 30.0) -> dict:
@@ -702,7 +702,7 @@ def watch(
         on_start(state.document)
     journal = store.journal_path(execution_id)
     buffer = b""
-    while state.document.get("status") not in FINISHED + ("interrupted",):
+    while state.document.get("status") not in FINISHED | {"interrupted"}:
         alive = runner_alive(store, execution_id)
         try:
             chunk = read_bytes_nofollow(journal, offset=offset)

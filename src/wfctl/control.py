@@ -8,7 +8,6 @@ no runner is alive is still there when one starts again.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -139,9 +138,3 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
             return False
         time.sleep(interval)
 
-
-def read_lock_info(execution_dir: Path) -> dict:
-    try:
-        return json.loads((execution_dir / "lock").read_text() or "{}")
-    except (OSError, ValueError):
-        return {}

@@ -12,7 +12,6 @@ and, on resume or retry, whether it already completed.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import ChainMap
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from wfctl import faults
-from wfctl.agents import AttemptContext, Outcome, failure, run_agent
+from wfctl.agents import AttemptContext, Outcome, failure, plain_text, run_agent
 from wfctl.errors import ExpressionError
 from wfctl.record import branch_steps, now_iso, step_type
 from wfctl.retry import Policy, backoff_delay, policy_for
@@ -485,7 +484,7 @@ class Engine:
             inputs = self._inputs(step, scope)
             task_text = _render(task, scope) if task else task
             env = {
-                str(k): _render(v, scope) if isinstance(v, str) else _plain(v)
+                str(k): _render(v, scope) if isinstance(v, str) else plain_text(v)
                 for k, v in (step.get("env") or {}).items()
             }
         except ExpressionError as err:
@@ -779,12 +778,6 @@ def _command_slots() -> int:
     if soft == resource.RLIM_INFINITY:
         return 1024
     return max(1, (soft - FDS_RESERVED) // FDS_PER_COMMAND)
-
-
-def _plain(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _render(text: str, scope: Mapping) -> str:

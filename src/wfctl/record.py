@@ -17,7 +17,6 @@ from typing import Any, Iterable, Iterator
 from wfctl.errors import StoreError
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "timed_out"})
-ACTIVE_STATUSES = frozenset({"pending", "running", "paused"})
 STEP_DONE = frozenset({"completed", "skipped"})
 
 TRACE_STATUS = {

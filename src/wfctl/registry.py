@@ -13,8 +13,6 @@ from wfctl.record import branch_steps, now_iso, step_type
 from wfctl.store import Store, is_workflow_id, new_id
 
 WORKFLOW_STATUSES = ("draft", "active")
-# Keys of a definition shown at the top level of `show`, after the seed's fields.
-SEED_FIELDS = ("workflowId", "name", "description", "category", "steps", "status", "createdAt")
 
 
 def count_tasks(steps: Iterable[dict]) -> int:

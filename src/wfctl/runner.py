@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from wfctl import faults
 from wfctl.errors import Conflict, StoreError
-from wfctl.record import ExecutionState, build_trace, parse_iso
+from wfctl.record import ExecutionState, build_trace
 from wfctl.store import FileLock, Store, open_append
 
 if TYPE_CHECKING:
@@ -220,11 +220,6 @@ def write_trace(store: Store, document: dict, workflow: dict) -> dict:
     store.save_trace(document["workflowId"], trace)
     return trace
 
-
-def seconds_between(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
-        return None
-    return (parse_iso(end) - parse_iso(start)).total_seconds()
 
 
 @dataclass
