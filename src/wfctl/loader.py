@@ -197,6 +197,11 @@ def _parse_yaml(text: str, filename: str) -> tuple[Any, dict[str, int]]:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         problem = err.problem or err.context or "cannot be parsed"
+        if "nesting depth" in problem:
+            # Newer PyYAML stops deep nesting itself, before our own depth check sees it.
+            line = mark.line + 1 if mark is not None else None
+            _fail(filename, f"nesting is too deep{f' at line {line}' if line else ''}; workflow files may nest "
+                            f"at most {MAX_DEPTH} levels", line=line)
         if mark is None:
             _fail(filename, f"invalid YAML: {problem}")
         line, column = mark.line + 1, mark.column + 1
