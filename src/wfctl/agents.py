@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from wfctl.procgroup import kill_leftovers, terminate_group
+
 # Output kept inline in the execution record; the full text stays in the log file.
 INLINE_OUTPUT_LIMIT = 256 * 1024
 PIPE_PRELOAD = 32 * 1024  # a context up to this size is written to stdin before the start
-KILL_GRACE_SECONDS = 2.0
 
 
 @dataclass
@@ -372,7 +372,7 @@ def _communicate(proc: subprocess.Popen, stdin_fd: int, context: bytes, ctx: Att
         terminate_group(proc)
     else:
         proc.wait()
-        _kill_leftovers(proc)
+        kill_leftovers(proc)
     proc.stdout.close()
     if proc.stderr is not None:
         proc.stderr.close()
@@ -391,28 +391,6 @@ def _drain(fd: int) -> list[bytes]:
             break
         chunks.append(data)
     return chunks
-
-
-def terminate_group(proc: subprocess.Popen, grace: float = KILL_GRACE_SECONDS) -> None:
-    """SIGTERM the step's process group, then SIGKILL what is left after a grace period."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    _kill_leftovers(proc)
-    proc.wait()
-
-
-def _kill_leftovers(proc: subprocess.Popen) -> None:
-    # Grandchildren left running in the step's group must not outlive the step.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _open_log(path: Path):

@@ -25,7 +25,19 @@ from wfctl.errors import (
     UsageError,
     WorkflowInvalid,
 )
-from wfctl.record import TERMINAL_STATUSES, ExecutionState, new_document, read_journal, walk
+from wfctl.model import (
+    ENDED,
+    LIVE,
+    RETRYABLE_STEPS,
+    Action,
+    StepKey,
+    TeamStep,
+    Workflow,
+    allows,
+    build_workflow,
+    now_iso,
+)
+from wfctl.record import ExecutionState, new_document, read_journal, walk
 from wfctl.registry import Registry, paginate, present
 from wfctl.store import Store, check_execution_id, check_step_key, new_id, read_bytes_nofollow
 
@@ -153,15 +165,18 @@ def execute(
     dry_run: bool = False,
     notify: Mapping[str, str] | None = None,
     executor: str | None = None,
+    fail_fast: bool = False,
     on_event: Listener | None = None,
     on_start: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run a workflow to its end in this process; returns the execution document.
 
     `on_event(event, state)` sees every engine event as it happens (the live table);
-    `notify` holds command-line notification targets (email, slack, webhook).
+    `notify` holds command-line notification targets (email, slack, webhook);
+    `fail_fast`: a failure cancels the steps running beside it.
     """
-    execution_id = prepare(workflow, input, priority=priority, dry_run=dry_run, notify=notify, executor=executor)
+    execution_id = prepare(workflow, input, priority=priority, dry_run=dry_run, notify=notify, executor=executor,
+                           fail_fast=fail_fast)
     return run_prepared(execution_id, on_event=on_event, on_start=on_start)
 
 
@@ -173,13 +188,16 @@ def prepare(
     dry_run: bool = False,
     notify: Mapping[str, str] | None = None,
     executor: str | None = None,
+    fail_fast: bool = False,
 ) -> str:
     """Check everything and write a new execution, `pending`; returns its id.
 
     Nothing is written when the workflow, its agents, the input or the executor
     (`local`, or `dask://HOST:PORT`; default: `executor` in config.toml) are wrong.
+    The options (dry run, notifications, executor, fail-fast) are kept with the
+    execution, so that resume and retry run it the same way.
     """
-    from wfctl.runner import open_executor
+    from wfctl.executors import open_executor
     from wfctl.store import write_json_atomic
     from wfctl.validate import check_agents_and_teams, check_execution_input, load_workflow
 
@@ -209,9 +227,7 @@ def prepare(
             raise WorkflowInvalid(problems)
     run_input = check_execution_input(definition, dict(input or {}), file=name)
     address = executor or config.data.get("executor") or "local"
-    probe = open_executor(address)  # an executor that cannot be reached: exit 2, nothing written
-    if probe is not None:
-        probe.close()
+    open_executor(address).close()  # an executor that cannot be reached: exit 2, nothing written
     from wfctl.masking import resolve
 
     origin = source or (record or {}).get("source")
@@ -227,6 +243,7 @@ def prepare(
         "notify": {k: v for k, v in (notify or {}).items() if v is not None},
         "executor": address,
         "baseDir": base_dir,
+        "failFast": fail_fast,
     }
     write_json_atomic(
         exec_dir / "workflow.json",
@@ -240,7 +257,7 @@ def prepare(
     )
     document = new_document(
         execution_id=execution_id,
-        workflow=definition,
+        workflow=build_workflow(definition),
         workflow_id=record["workflowId"],
         input=run_input,
         priority=priority,
@@ -280,7 +297,7 @@ def run_prepared(
         config = Config()
         with run_slot(store, config, state.document, wait=queue):
             run_execution(
-                store, execution_id, frozen["definition"], state, dict(state.document.get("input") or {}),
+                store, execution_id, build_workflow(frozen["definition"]), state, dict(state.document.get("input") or {}),
                 _run_options(config, frozen.get("options") or {}, state.document, on_event=on_event, on_start=on_start),
                 intact=intact,
             )
@@ -352,6 +369,7 @@ def _run_options(config: Config, options: dict, document: dict, **listeners: Any
         base_dir=Path(options["baseDir"]) if options.get("baseDir") else None,
         nice=NICE_FOR_PRIORITY.get(document.get("priority") or "normal", 0),
         dry_run=bool(options.get("dryRun")),
+        fail_fast=bool(options.get("failFast")),
         notify=dict(options.get("notify") or {}),
         max_concurrency=int(config.default("max_concurrency") or 4),
         agents=dict(config.agents),
@@ -359,10 +377,6 @@ def _run_options(config: Config, options: dict, document: dict, **listeners: Any
         config=config.data,
         **listeners,
     )
-
-
-RETRYABLE_EXECUTIONS = ("failed", "cancelled", "timed_out", "interrupted")
-RETRYABLE_STEPS = ("failed", "cancelled", "pending")
 
 
 def retry_step(
@@ -388,8 +402,8 @@ def retry_step(
         state, intact = load_execution_state(execution_id)
         document = state.document
         status = document.get("status")
-        if status not in RETRYABLE_EXECUTIONS:
-            reason = "is still running" if status in ("running", "pending", "paused") else f"is {status}"
+        if not allows(status, Action.RETRY):
+            reason = "is still running" if status in LIVE else f"is {status}"
             raise Conflict(f"execution {execution_id} {reason}; only a failed, cancelled, timed-out or interrupted execution can be retried.")
         record = state.record(step)
         if record is None:
@@ -410,52 +424,83 @@ def _continue(
     rerun: str | None = None,
 ) -> dict:
     """Run an execution on from where its record stands (retry, resume)."""
+    from wfctl.events import step_reset
     from wfctl.runner import run_execution
 
-    from wfctl.record import now_iso
-
     frozen = store.load_frozen_workflow(execution_id)
-    definition = frozen["definition"]
-    prior = prior_from(state, definition, rerun=rerun)
+    workflow = build_workflow(frozen["definition"])
+    prior = prior_from(state, workflow, rerun=rerun)
     # Steps in flight when a runner died run again, as a new attempt.
-    preamble = [
-        {"type": "step.reset", "at": now_iso(), "step": record["id"], "status": "pending", "attempt": "interrupted"}
-        for record in walk(state.document["steps"])
-        if record.get("status") == "running"
-    ]
+    preamble = [step_reset(now_iso(), record["id"]) for record in walk(state.document["steps"])
+                if record.get("status") == "running"]
     config = Config()
     options = _run_options(config, frozen.get("options") or {}, state.document, on_event=on_event, on_start=on_start)
     run_execution(
-        store, execution_id, definition, state, dict(state.document.get("input") or {}), options,
+        store, execution_id, workflow, state, dict(state.document.get("input") or {}), options,
         prior=prior, intact=intact, preamble=preamble,
     )
     return public_document(state.document)
 
 
-def prior_from(state: ExecutionState, definition: dict, *, rerun: str | None = None):
+def prior_from(state: ExecutionState, workflow: Workflow, *, rerun: str | None = None):
     """What an execution's record says is done: completed steps and their outputs,
-    attempts made so far, and the member each round-robin team step chose."""
-    from wfctl.engine import Prior
-    from wfctl.record import definitions_by_id, output_value
+    attempts made so far, and the member each round-robin team step chose.
 
-    definitions = definitions_by_id(definition)
+    With `rerun` (a retry of that step): a failed step of a graph that is neither that
+    step, nor a step it is inside, nor downstream of those, stays failed (frozen): a
+    retry reruns a step and what depends on it, not every failure of the execution.
+    """
+    from wfctl.record import output_value
+    from wfctl.runstate import Prior
+
+    rerun_ids = rerun_set(workflow, rerun) if rerun is not None else None
     completed: dict[str, Any] = {}
+    continued: set[str] = set()
+    frozen: dict[str, dict] = {}
     attempts: dict[str, int] = {}
     members: dict[str, str] = {}
     for record in walk(state.document["steps"]):
         key = record["id"]
         if record.get("attempts"):
             attempts[key] = len(record["attempts"])
-        base = key.split("@", 1)[0].split("[", 1)[0]
-        step = definitions.get(base, {})
-        if record.get("status") == "completed":
+        parsed = StepKey.parse(key)
+        step = workflow.by_id.get(parsed.step_id)
+        status = record.get("status")
+        if status == "completed":
             completed[key] = record.get("output") if "@" in key else output_value(record, step)
-        elif record.get("status") == "failed" and record.get("continued") and key != rerun:
+        elif status == "failed" and record.get("continued") and key != rerun:
             completed[key] = None  # a failure the workflow chose to go past stays settled
-        if record.get("type") == "team" and record.get("steps"):
-            if (definition.get("teams") or {}).get(step.get("teamId"), {}).get("strategy", "round-robin") == "round-robin":
-                members[key] = record.get("member") or record["steps"][0]["id"].split("@", 1)[1]
-    return Prior(completed=completed, attempts=attempts, members=members)
+            continued.add(key)
+        elif status == "failed" and rerun_ids is not None and _stays_failed(workflow, parsed.step_id, rerun_ids):
+            frozen[key] = dict(record.get("error") or {"kind": "failed", "message": "failed."})
+        if record.get("type") == "team" and record.get("steps") and isinstance(step, TeamStep):
+            if (workflow.teams.get(step.team_id) or {}).get("strategy", "round-robin") == "round-robin":
+                members[key] = record.get("member") or StepKey.parse(record["steps"][0]["id"]).member
+    return Prior(completed=completed, attempts=attempts, members=members, continued=frozenset(continued),
+                 frozen=frozen)
+
+
+def rerun_set(workflow: Workflow, key: str) -> set[str]:
+    """The ids a retry of `key` runs again: the step and everything inside it, the
+    steps it is inside, and whatever is downstream of any of these in its graph."""
+    target = workflow.by_id.get(StepKey.parse(key).step_id)
+    if target is None:
+        return set()
+    ids = {inner.id for inner in target.walk()}
+    step: Any = target
+    while step is not None:
+        ids.add(step.id)
+        steps = workflow.list_of(step.id)
+        if steps is not None and steps.graph is not None:
+            for downstream in steps.graph.downstream(step.id):
+                ids.update(inner.id for inner in workflow.by_id[downstream].walk())
+        step = workflow.parent_of(step.id)
+    return ids
+
+
+def _stays_failed(workflow: Workflow, step_id: str, rerun_ids: set[str]) -> bool:
+    steps = workflow.list_of(step_id)
+    return steps is not None and steps.graph is not None and step_id not in rerun_ids
 
 
 def public_document(document: dict) -> dict:
@@ -483,7 +528,7 @@ def load_execution_state(execution_id: str) -> tuple[ExecutionState, int]:
     events, intact = read_journal(tail, source=str(journal), first_line=_line_at(journal, offset))
     for event in events:
         state.apply(event)
-    if state.document.get("status") in ("pending", "running", "paused") and not runner_alive(store, execution_id):
+    if state.document.get("status") in LIVE and not runner_alive(store, execution_id):
         state.document["status"] = "interrupted"
     return state, offset + intact
 
@@ -574,9 +619,6 @@ def logs(execution_id: str, step: str | None = None, *, raw: bool = False) -> di
     return {"executionId": execution_id, "logs": entries}
 
 
-FINISHED = TERMINAL_STATUSES
-
-
 def cancel(execution_id: str, reason: str | None = None, *, wait: float = 30.0) -> dict:
     """Cancel an execution: its runner terminates the running step processes and
     starts nothing new. An interrupted execution (no runner) is marked cancelled here.
@@ -587,7 +629,7 @@ def cancel(execution_id: str, reason: str | None = None, *, wait: float = 30.0) 
     store = _store()
     state = load_execution(execution_id)
     status = state.document.get("status")
-    if status in FINISHED:
+    if not allows(status, Action.CANCEL):
         raise Conflict(f"execution {execution_id} is already {status}; there is nothing to cancel.")
     control = Control(store.execution_dir(execution_id))
     control.request_cancel(reason)
@@ -597,26 +639,27 @@ def cancel(execution_id: str, reason: str | None = None, *, wait: float = 30.0) 
                 _finish_without_runner(store, execution_id, "cancelled", reason)
         except Conflict:
             pass  # a runner took it meanwhile: it will see the request
-    wait_until(lambda: get_execution(execution_id).get("status") in FINISHED or not runner_alive(store, execution_id), wait)
+    wait_until(lambda: not allows(get_execution(execution_id).get("status"), Action.CANCEL)
+               or not runner_alive(store, execution_id), wait)
     wait_until(lambda: not runner_alive(store, execution_id), 5.0)
     return get_execution(execution_id)
 
 
 def _finish_without_runner(store: Store, execution_id: str, status: str, reason: str | None) -> None:
     """End an execution that no process runs (interrupted) by appending to its journal."""
+    from wfctl import events
     from wfctl.control import Control
-    from wfctl.record import now_iso
     from wfctl.runner import Recorder, write_trace
 
     state, intact = load_execution_state(execution_id)
     recorder = Recorder(store, execution_id, state, intact=intact)
     for record in walk(state.document["steps"]):
         if record.get("status") == "running":
-            recorder({"type": "step.reset", "at": now_iso(), "step": record["id"], "status": "cancelled", "attempt": "interrupted"})
-    recorder({"type": "execution.finished", "at": now_iso(), "status": status, "reason": reason})
+            recorder(events.step_reset(now_iso(), record["id"], status="cancelled"))
+    recorder(events.execution_finished(now_iso(), status, reason=reason, with_reason=True))
     recorder.close()
     Control(store.execution_dir(execution_id)).clear_cancel()
-    write_trace(store, state.document, store.load_frozen_workflow(execution_id)["definition"])
+    write_trace(store, state.document, build_workflow(store.load_frozen_workflow(execution_id)["definition"]))
 
 
 def pause(execution_id: str, *, wait: float = 30.0) -> dict:
@@ -630,13 +673,13 @@ def pause(execution_id: str, *, wait: float = 30.0) -> dict:
     status = document.get("status")
     if status == "paused":
         return document
-    if status not in ("running", "pending") or not runner_alive(store, execution_id):
+    if not allows(status, Action.PAUSE) or not runner_alive(store, execution_id):
         raise Conflict(f"execution {execution_id} is {status}; only a running execution can be paused.")
     control = Control(store.execution_dir(execution_id))
     control.request_pause()
     wait_until(lambda: get_execution(execution_id).get("status") != "running", wait)
     document = get_execution(execution_id)
-    if document.get("status") in FINISHED:
+    if not allows(document.get("status"), Action.CANCEL):  # it ended meanwhile
         control.clear_pause()
         raise Conflict(f"execution {execution_id} {document['status']} before it could pause.")
     return document
@@ -670,7 +713,7 @@ def resume(
             f"execution {execution_id} is already being run by process {lock_holder(store, execution_id)} "
             "and is not paused; there is nothing to resume."
         )
-    if status not in ("interrupted", "paused"):
+    if not allows(status, Action.RESUME):
         raise Conflict(
             f"execution {execution_id} is {status}; only a paused or interrupted execution can be resumed"
             + (" (use `wfctl retry EXEC STEP` to run a failed step again)." if status == "failed" else ".")
@@ -702,7 +745,7 @@ def watch(
         on_start(state.document)
     journal = store.journal_path(execution_id)
     buffer = b""
-    while state.document.get("status") not in FINISHED | {"interrupted"}:
+    while state.document.get("status") not in ENDED:
         alive = runner_alive(store, execution_id)
         try:
             chunk = read_bytes_nofollow(journal, offset=offset)
@@ -718,7 +761,7 @@ def watch(
                 if on_event is not None:
                     on_event(event, state)
         if not chunk and not alive:
-            if state.document.get("status") not in FINISHED:
+            if state.document.get("status") not in ENDED:
                 state.document["status"] = "interrupted"
             break
         if not chunk:
@@ -749,7 +792,7 @@ def prune(*, older_than: float, statuses: list[str] | None = None, dry_run: bool
         status = document.get("status")
         if statuses and status not in statuses:
             continue
-        if status not in FINISHED and status != "interrupted":
+        if status not in ENDED:
             continue
         ended = document.get("completedAt") or document.get("startedAt")
         if not ended or parse_iso(ended).timestamp() > cutoff or runner_alive(store, execution_id):

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from wfctl.record import now_iso
+from wfctl import events
+from wfctl.model import now_iso
 from wfctl.store import read_json, write_json_atomic
 
 WATCH_SECONDS = 0.1
@@ -121,11 +122,11 @@ class Watcher:
                 self._pausing = False
                 if self._announced:
                     self._announced = False
-                    self.emit({"type": "execution.status", "at": now_iso(), "status": "running"})
+                    self.emit(events.execution_status(now_iso(), "running"))
                 self._condition.notify_all()
             if self._pausing and not self._announced and self.engine.active == 0 and not self.engine.cancelled:
                 self._announced = True
-                self.emit({"type": "execution.status", "at": now_iso(), "status": "paused"})
+                self.emit(events.execution_status(now_iso(), "paused"))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -2,15 +2,32 @@
 
 Sequences are chains of arrows; a parallel step fans out to its children and joins
 again; a conditional is a decision with a `then` and an `else` edge; a loop is a
-subgraph whose body has an arrow back to the loop; a team step names its team.
+subgraph whose body has an arrow back to the loop; a team step names its team. A list
+whose steps have `depends` is drawn as its graph: an arrow from each step a step
+depends on, labelled with the condition when it is not plain success (`failed`,
+`completed`, `skipped`, `not ...`).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
-from wfctl.record import branch_steps, step_type
+from wfctl.depends import Depends, Not, Ref
+from wfctl.model import (
+    ConditionalStep,
+    LoopStep,
+    ParallelStep,
+    Step,
+    StepList,
+    TaskStep,
+    TeamStep,
+    Workflow,
+    build_workflow,
+)
+
+Ends = list[tuple[str, str]]  # open ends of a drawing: (node id, label of the edge that leaves it)
 
 
 @dataclass
@@ -41,77 +58,119 @@ class Diagram:
     def edge(self, source: str, target: str, label: str = "") -> None:
         self.edges.append((source, target, label))
 
-
-def _label(step: dict) -> str:
-    kind = step_type(step)
-    if kind == "task":
-        who = step.get("agent") or "run"
-        return f"{step['id']}\n({who})"
-    if kind == "team":
-        return f"{step['id']}\n(team {step.get('teamId')})"
-    if kind == "loop":
-        return f"{step['id']}\n(loop over {step.get('items')})"
-    if kind == "conditional":
-        return f"{step['id']}\n{step.get('condition')}?"
-    return f"{step['id']}\n({kind})"
+    def connect(self, ends: Ends, target: str) -> None:
+        for source, label in ends:
+            self.edge(source, target, label)
 
 
-def build(workflow: dict) -> Diagram:
+def _label(step: Step) -> str:
+    if isinstance(step, TaskStep):
+        return f"{step.id}\n({step.agent or 'run'})"
+    if isinstance(step, TeamStep):
+        return f"{step.id}\n(team {step.team_id})"
+    if isinstance(step, LoopStep):
+        return f"{step.id}\n(loop over {step.raw.get('items')})"
+    if isinstance(step, ConditionalStep):
+        return f"{step.id}\n{step.raw.get('condition')}?"
+    return f"{step.id}\n({step.kind})"
+
+
+def build(workflow: Workflow) -> Diagram:
     diagram = Diagram()
     start = diagram.node("wf_start", "start", "circle")
-    ends = _sequence(diagram, workflow.get("steps", []), [start])
+    ends = _list(diagram, workflow.steps, [(start, "")])
     end = diagram.node("wf_end", "end", "circle")
-    for source, label in ends:
-        diagram.edge(source, end, label)
+    diagram.connect(ends, end)
     return diagram
 
 
-def _sequence(diagram: Diagram, steps: list[dict], entries: list) -> list[tuple[str, str]]:
-    """Draw steps one after another; returns the open ends (node, edge label)."""
-    ends = [(entry, "") if isinstance(entry, str) else entry for entry in entries]
+def _list(diagram: Diagram, steps: StepList, entries: Ends) -> Ends:
+    """Draw a list of steps entered from `entries`; returns its open ends."""
+    if steps.graph is not None:
+        return _graph(diagram, steps, entries)
+    ends = entries
     for step in steps:
         ends = _step(diagram, step, ends)
     return ends
 
 
-def _step(diagram: Diagram, step: dict, ends: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    kind = step_type(step)
-    node = diagram.id_for(step["id"])
-    if kind == "parallel":
-        fork = diagram.node(node, f"{step['id']}\n(parallel)", "fork")
-        for source, label in ends:
-            diagram.edge(source, fork, label)
-        join = diagram.node(node + "_join", f"join {step['id']}", "join")
+def _graph(diagram: Diagram, steps: StepList, entries: Ends) -> Ends:
+    """A list scheduled as a graph: each step entered from what it depends on."""
+    graph = steps.graph
+    by_id = {step.id: step for step in steps}
+    exits: dict[str, Ends] = {}
+    for step_id in graph.order():
+        requirement = graph.requirements.get(step_id)
+        incoming: Ends = []
+        if requirement is None:
+            incoming = list(entries)
+        else:
+            labels = _edge_labels(requirement)
+            for dependency in requirement.ids():
+                for source, own in exits.get(dependency, []):
+                    incoming.append((source, labels.get(dependency) or own))
+            if not requirement.ids():  # depends: [] starts with the list
+                incoming = list(entries)
+        exits[step_id] = _step(diagram, by_id[step_id], incoming)
+    # The list ends where the steps no other step depends on end.
+    return [end for step_id in graph.order() if not graph.dependents(step_id) for end in exits[step_id]]
+
+
+def _edge_labels(requirement: Depends) -> dict[str, str]:
+    """step id → the label of its edge: empty for plain success, else the conditions."""
+    found: dict[str, list[str]] = {}
+
+    def visit(node: Any, negated: bool) -> None:
+        if isinstance(node, Ref):
+            text = node.prop or "succeeded"
+            found.setdefault(node.step, []).append(f"not {text}" if negated else text)
+        elif isinstance(node, Not):
+            visit(node.operand, not negated)
+        else:
+            for operand in node.operands:
+                visit(operand, negated)
+
+    visit(requirement.condition, False)
+    labels = {}
+    for step_id, texts in found.items():
+        distinct = list(dict.fromkeys(texts))
+        labels[step_id] = "" if distinct == ["succeeded"] else " or ".join(distinct)
+    return labels
+
+
+def _step(diagram: Diagram, step: Step, ends: Ends) -> Ends:
+    node = diagram.id_for(step.id)
+    if isinstance(step, ParallelStep):
+        fork = diagram.node(node, f"{step.id}\n(parallel)", "fork")
+        diagram.connect(ends, fork)
+        join = diagram.node(node + "_join", f"join {step.id}", "join")
         members = []
-        for child in step.get("steps", []):
-            child_ends = _step(diagram, child, [(fork, "")])
-            members.append(diagram.id_for(child["id"]))
-            for source, label in child_ends:
-                diagram.edge(source, join, label)
-        diagram.clusters.append((node + "_group", f"parallel {step['id']}", members))
+        if step.steps.graph is not None:
+            diagram.connect(_graph(diagram, step.steps, [(fork, "")]), join)
+            members = [diagram.id_for(child.id) for child in step.steps]
+        else:
+            for child in step.steps:
+                child_ends = _step(diagram, child, [(fork, "")])
+                members.append(diagram.id_for(child.id))
+                diagram.connect(child_ends, join)
+        diagram.clusters.append((node + "_group", f"parallel {step.id}", members))
         return [(join, "")]
-    if kind == "conditional":
+    if isinstance(step, ConditionalStep):
         decision = diagram.node(node, _label(step), "diamond")
-        for source, label in ends:
-            diagram.edge(source, decision, label)
-        then_ends = _sequence(diagram, branch_steps(step.get("then")), [(decision, "then")])
-        else_steps = branch_steps(step.get("else"))
-        else_ends = _sequence(diagram, else_steps, [(decision, "else")]) if else_steps else [(decision, "else")]
+        diagram.connect(ends, decision)
+        then_ends = _list(diagram, step.then, [(decision, "then")])
+        else_ends = _list(diagram, step.otherwise, [(decision, "else")]) if step.otherwise else [(decision, "else")]
         return then_ends + else_ends
-    if kind == "loop":
+    if isinstance(step, LoopStep):
         loop = diagram.node(node, _label(step), "loop")
-        for source, label in ends:
-            diagram.edge(source, loop, label)
-        body = step.get("step") or {}
-        if body:
-            body_ends = _step(diagram, body, [(loop, "each item")])
-            for source, _label_text in body_ends:
-                diagram.edge(source, loop, "next")
-            diagram.clusters.append((node + "_group", f"loop {step['id']}", [diagram.id_for(body["id"])]))
+        diagram.connect(ends, loop)
+        body_ends = _step(diagram, step.body, [(loop, "each item")])
+        for source, _label_text in body_ends:
+            diagram.edge(source, loop, "next")
+        diagram.clusters.append((node + "_group", f"loop {step.id}", [diagram.id_for(step.body.id)]))
         return [(loop, "done")]
     target = diagram.node(node, _label(step), "box")
-    for source, label in ends:
-        diagram.edge(source, target, label)
+    diagram.connect(ends, target)
     return [(target, "")]
 
 
@@ -182,8 +241,10 @@ def to_dot(diagram: Diagram, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(workflow: dict, fmt: str = "mermaid") -> str:
-    diagram = build(workflow)
+def render(workflow: Workflow | Mapping[str, Any], fmt: str = "mermaid") -> str:
+    """The diagram of a workflow (its model, or a valid definition) as text."""
+    model = workflow if isinstance(workflow, Workflow) else build_workflow(workflow)
+    diagram = build(model)
     if fmt == "dot":
-        return to_dot(diagram, workflow.get("name", "workflow"))
+        return to_dot(diagram, model.name or "workflow")
     return to_mermaid(diagram)

@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
 from wfctl.errors import StoreError
+from wfctl.model import (
+    COMPOSITE_KINDS,
+    TERMINAL,
+    Step,
+    StepStatus,
+    Workflow,
+    now_iso,
+    parse_iso,
+    step_id_of,
+)
 
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "timed_out"})
-STEP_DONE = frozenset({"completed", "skipped"})
+__all__ = ["ExecutionState", "build_trace", "new_document", "now_iso", "parse_iso", "read_journal", "walk"]
+
+TERMINAL_STATUSES = TERMINAL
+STEP_DONE = frozenset({StepStatus.COMPLETED, StepStatus.SKIPPED})
 
 TRACE_STATUS = {
     "completed": "executed",
@@ -36,68 +47,33 @@ STAGE_STATUS = {
 }
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def step_type(step: dict) -> str:
-    return step.get("type") or "task"
-
-
-def branch_steps(value: Any) -> list[dict]:
-    """`then`/`else` may be one step or a list of steps."""
-    if value is None:
-        return []
-    if isinstance(value, list):
-        return value
-    return [value]
-
-
-def agent_label(step: dict) -> str | None:
-    if step_type(step) == "task":
-        if step.get("agent"):
-            return step["agent"]
-        return "run" if step.get("run") is not None else None
-    if step_type(step) == "team":
-        return step.get("teamId")
-    return None
-
-
-def skeleton_step(step: dict) -> dict:
+def skeleton_step(step: Step) -> dict:
     """The pending record of a step and its statically known children."""
-    kind = step_type(step)
-    record: dict[str, Any] = {"id": step["id"], "type": kind, "status": "pending"}
-    agent = agent_label(step)
+    record: dict[str, Any] = {"id": step.id, "type": str(step.kind), "status": "pending"}
+    agent = step.agent_label
     if agent is not None:
         record["agent"] = agent
-    children: list[dict] = []
-    if kind == "parallel":
-        children = [skeleton_step(child) for child in step.get("steps", [])]
-    elif kind == "conditional":
-        children = [skeleton_step(child) for child in branch_steps(step.get("then"))]
-        children += [skeleton_step(child) for child in branch_steps(step.get("else"))]
-    if kind in ("parallel", "conditional", "loop", "team"):
-        record["steps"] = children
+    if step.depends is not None:
+        record["dependsOn"] = step.depends.shown()
+    if step.kind in COMPOSITE_KINDS:
+        children = () if step.repeats_children else step.children()
+        record["steps"] = [skeleton_step(child) for child in children]
     return record
 
 
 def new_document(
     *,
     execution_id: str,
-    workflow: dict,
+    workflow: Workflow,
     workflow_id: str,
     input: dict,
     priority: str,
 ) -> dict:
-    steps = [skeleton_step(step) for step in workflow["steps"]]
+    steps = [skeleton_step(step) for step in workflow.steps]
     return {
         "executionId": execution_id,
         "workflowId": workflow_id,
-        "workflowName": workflow.get("name"),
+        "workflowName": workflow.name,
         "status": "pending",
         "currentStep": None,
         "progress": {"completed": 0, "total": len(steps), "percentage": 0},
@@ -276,7 +252,7 @@ def _step_finished(state: ExecutionState, event: dict) -> None:
         record["output"] = {name: output} if name else output
     if event.get("error"):
         record["error"] = event["error"]
-    for key in ("member", "branch", "undecided", "recoveredBy", "continued"):
+    for key in ("member", "branch", "undecided", "recoveredBy", "continued", "skipReason"):
         if event.get(key) is not None:
             record[key] = event[key]
     _attempt_end(record, event, "completed" if status == "completed" else "failed")
@@ -330,10 +306,10 @@ _HANDLERS = {
 }
 
 
-def output_value(record: dict, step: dict) -> Any:
+def output_value(record: dict, step: Step | None) -> Any:
     """The raw result of a completed step, undoing the seed's {name: value} wrapping."""
     output = record.get("output")
-    name = step.get("output")
+    name = step.output if step is not None else None
     if name and isinstance(output, dict) and set(output) == {name}:
         return output[name]
     return output
@@ -364,19 +340,17 @@ def read_journal(data: bytes, *, source: str = "events.jsonl", first_line: int =
     return events, position
 
 
-def build_trace(document: dict, workflow: dict, stages_input: dict | None = None) -> dict:
+def build_trace(document: dict, workflow: Workflow) -> dict:
     """The seed 000 trace of one finished run."""
     stages = []
-    definitions = definitions_by_id(workflow)
     for record in walk(document["steps"]):
-        base_id = record["id"].split("[", 1)[0].split("@", 1)[0]
-        definition = definitions.get(base_id, {})
+        definition = workflow.by_id.get(step_id_of(record["id"]))
         stage: dict[str, Any] = {
             "node_name": record["id"],
             "status": STAGE_STATUS.get(record["status"], record["status"].upper()),
             "duration": record.get("duration", 0.0),
             "type": record.get("type", "task"),
-            "input": definition.get("input"),
+            "input": definition.raw.get("input") if definition is not None else None,
             "output": record.get("output"),
             "attempts": record.get("attempts", []),
         }
@@ -407,25 +381,3 @@ def _duration(document: dict) -> float | None:
         delta = parse_iso(document["completedAt"]) - parse_iso(document["startedAt"])
         return round(delta.total_seconds(), 4)
     return None
-
-
-def definitions_by_id(workflow: dict) -> dict[str, dict]:
-    found: dict[str, dict] = {}
-
-    def visit(steps: Iterable[dict]) -> None:
-        for step in steps:
-            found[step["id"]] = step
-            kind = step_type(step)
-            if kind == "parallel":
-                visit(step.get("steps", []))
-            elif kind == "conditional":
-                visit(branch_steps(step.get("then")))
-                visit(branch_steps(step.get("else")))
-            elif kind == "loop" and isinstance(step.get("step"), dict):
-                visit([step["step"]])
-            fallback = (step.get("errorHandling") or {}).get("fallback")
-            if isinstance(fallback, dict):
-                visit([fallback])
-
-    visit(workflow.get("steps", []))
-    return found

@@ -6,29 +6,13 @@ A workflow is named by its id (`wf_...`) or by its exact name; names are unique.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from wfctl.errors import Conflict, UsageError, WorkflowNotFound
-from wfctl.record import branch_steps, now_iso, step_type
+from wfctl.model import build_workflow, now_iso
 from wfctl.store import Store, is_workflow_id, new_id
 
 WORKFLOW_STATUSES = ("draft", "active")
-
-
-def count_tasks(steps: Iterable[dict]) -> int:
-    """Steps that do work (tasks and team steps), however deeply nested."""
-    total = 0
-    for step in steps:
-        kind = step_type(step)
-        if kind in ("task", "team"):
-            total += 1
-        elif kind == "parallel":
-            total += count_tasks(step.get("steps", []))
-        elif kind == "conditional":
-            total += count_tasks(branch_steps(step.get("then")) + branch_steps(step.get("else")))
-        elif kind == "loop" and isinstance(step.get("step"), dict):
-            total += count_tasks([step["step"]])
-    return total
 
 
 def present(record: dict) -> dict:
@@ -54,6 +38,15 @@ def present(record: dict) -> dict:
     return shown
 
 
+def tasks_count(record: dict) -> int:
+    """Steps that do work (model.Workflow.count_tasks), counted when the definition was
+    stored (a list of a thousand workflows builds no model); older records count now."""
+    count = record.get("tasksCount")
+    if isinstance(count, int) and not isinstance(count, bool):
+        return count
+    return build_workflow(record["definition"]).count_tasks()
+
+
 def list_element(record: dict) -> dict:
     """One element of the seed 000 workflow list."""
     definition = record["definition"]
@@ -61,7 +54,7 @@ def list_element(record: dict) -> dict:
         "id": record["workflowId"],
         "name": definition.get("name"),
         "active": record.get("status") == "active",
-        "tasks_count": count_tasks(definition.get("steps", [])),
+        "tasks_count": tasks_count(record),
         "description": definition.get("description"),
         "status": record.get("status", "draft"),
         "category": definition.get("category"),
@@ -110,6 +103,7 @@ class Registry:
                 if existing["definition"] == definition:
                     return existing, False
                 existing["definition"] = definition
+                existing["tasksCount"] = build_workflow(definition).count_tasks()
                 existing["version"] = int(existing.get("version", 1)) + 1
                 existing["updatedAt"] = now
                 if source is not None:
@@ -124,6 +118,7 @@ class Registry:
                 "createdAt": now,
                 "updatedAt": now,
                 "source": str(source) if source is not None else None,
+                "tasksCount": build_workflow(definition).count_tasks(),
                 "definition": definition,
             }
             self.store.save_workflow(record)

@@ -68,6 +68,22 @@ def loop_progress(record: dict) -> str:
     return f"{done}/{record['total']}"
 
 
+def waiting_for(record: dict, records: dict[str, dict]) -> list[str]:
+    """The steps a pending step with dependencies still waits for (those not ended yet)."""
+    from wfctl.depends import DependsError, parse_depends
+    from wfctl.model import STEP_ENDED, suffix_of
+
+    written = record.get("dependsOn")
+    if record.get("status") != "pending" or written is None:
+        return []
+    try:
+        ids = parse_depends(written).ids()
+    except DependsError:
+        return []
+    suffix = suffix_of(record["id"])
+    return [step for step in ids if (records.get(step + suffix) or {}).get("status") not in STEP_ENDED]
+
+
 def attempts_label(record: dict) -> str:
     attempts = record.get("attempts") or []
     return str(len(attempts)) if len(attempts) > 1 else ""
@@ -86,13 +102,18 @@ def execution_table(document: dict, elapsed: float | None = None):
     table.add_column("agent", no_wrap=True)
     table.add_column("try", justify="right")
     table.add_column("time", justify="right")
-    for depth, record in step_rows(document.get("steps", [])):
+    rows = step_rows(document.get("steps", []))
+    records = {record["id"]: record for _, record in rows} if any("dependsOn" in r for _, r in rows) else {}
+    for depth, record in rows:
         status = record.get("status", "pending")
         mark = STATUS_MARK.get(status, " ")
         name = Text("  " * depth + f"{mark} {record['id']}")
         extra = loop_progress(record)
         if extra:
             name.append(f"  {extra}", style="dim")
+        waits = waiting_for(record, records) if records else []
+        if waits:
+            name.append(f"  waits for {', '.join(waits)}", style="dim")
         table.add_row(
             name,
             Text(status, style=STATUS_STYLE.get(status, "")),
@@ -130,6 +151,8 @@ def event_line(event: dict) -> str | None:
         line = f"{at} {event['step']} {status}"
         if status != "skipped":
             line += f" in {format_duration(event.get('duration'))}"
+        elif event.get("skipReason"):
+            line += f": {event['skipReason']}"
         error = event.get("error")
         if error and status != "completed":
             line += f": {error.get('message')}"

@@ -19,13 +19,15 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from wfctl import faults
+from wfctl import events, faults
 from wfctl.errors import Conflict, StoreError
+from wfctl.executors import Executor, open_executor
 from wfctl.record import ExecutionState, build_trace
 from wfctl.store import FileLock, Store, open_append
 
 if TYPE_CHECKING:
-    from wfctl.engine import Prior
+    from wfctl.model import Workflow
+    from wfctl.runstate import Prior
 
 LOCK_TRIES = 10
 SNAPSHOT_INTERVAL = 1.0  # seconds between snapshot refreshes during a run
@@ -215,7 +217,7 @@ def estimate_duration(store: Store, workflow_id: str, samples: int = 10) -> floa
     return sum(durations) / len(durations)
 
 
-def write_trace(store: Store, document: dict, workflow: dict) -> dict:
+def write_trace(store: Store, document: dict, workflow: "Workflow") -> dict:
     trace = build_trace(document, workflow)
     store.save_trace(document["workflowId"], trace)
     return trace
@@ -238,28 +240,13 @@ class RunOptions:
     nice: int = 0
     executor: str = "local"  # "local", or "dask://HOST:PORT"
     base_dir: Path | None = None  # where relative secret files are found (the workflow file's directory)
-
-
-def open_executor(address: str | None):
-    """The executor for an address; None runs attempts on this machine.
-
-    An executor that cannot be reached raises UsageError (exit 2) before anything runs.
-    """
-    if not address or address == "local":
-        return None
-    if address.startswith(("dask://", "tcp://")):
-        from wfctl.executors.dask import connect
-
-        return connect(address)
-    from wfctl.errors import UsageError
-
-    raise UsageError(f"unknown executor '{address}': use local or dask://HOST:PORT.")
+    fail_fast: bool = False  # a failure cancels the steps running beside it
 
 
 def run_execution(
     store: Store,
     execution_id: str,
-    definition: dict,
+    workflow: "Workflow",
     state: ExecutionState,
     run_input: dict,
     options: RunOptions,
@@ -274,13 +261,23 @@ def run_execution(
     """
     executor = open_executor(options.executor)
     try:
-        return _run_with(store, execution_id, definition, state, run_input, options, prior, intact, preamble, executor)
+        return _run_with(store, execution_id, workflow, state, run_input, options, prior, intact, preamble, executor)
     finally:
-        if executor is not None:
-            executor.close()
+        executor.close()
 
 
-def _run_with(store, execution_id, definition, state, run_input, options, prior, intact, preamble, executor) -> dict:
+def _run_with(
+    store: Store,
+    execution_id: str,
+    workflow: "Workflow",
+    state: ExecutionState,
+    run_input: dict,
+    options: RunOptions,
+    prior: "Prior | None",
+    intact: int | None,
+    preamble: list[dict] | None,
+    executor: Executor,
+) -> dict:
     from wfctl.engine import Engine, Settings
     from wfctl.notify import build_event, send, targets_from, wanted
 
@@ -292,7 +289,7 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
     check_not_symlinks(exec_dir, exec_dir / "logs", exec_dir / "events.jsonl")
     for leftover in exec_dir.glob(".execution.json.*.tmp"):
         leftover.unlink(missing_ok=True)  # a snapshot a crashed runner never renamed
-    secrets = resolve(definition.get("secrets"), base=options.base_dir)
+    secrets = resolve(workflow.secrets, base=options.base_dir)
     masker = Masker(secrets.values()) if secrets else None
     recorder = Recorder(store, execution_id, state, intact=intact, masker=masker)
     for event in preamble or ():
@@ -300,7 +297,7 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
     if options.on_event is not None:
         recorder.listeners.append(options.on_event)
     targets = targets_from(
-        definition.get("notifications"),
+        workflow.notifications,
         email=options.notify.get("email"),
         slack=options.notify.get("slack"),
         webhook=options.notify.get("webhook"),
@@ -312,7 +309,7 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
             return
         event = build_event(name, state.document, step=step, error=error)
         for result in send(targets, event, options.config, cwd=os.getcwd()):
-            recorder({"type": "notification.sent", "at": event["at"], "event": name, **result})
+            recorder(events.notification_sent(event["at"], name, result))
 
     def on_step_failure(event: dict, _state: ExecutionState) -> None:
         if event["type"] == "step.finished" and event.get("status") == "failed" and event.get("notify"):
@@ -327,8 +324,8 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
         execution_id=execution_id,
         workflow_id=workflow_id,
         log_dir=exec_dir / "logs",
-        agents={**options.agents, **(definition.get("agents") or {})},
-        teams={**options.teams, **(definition.get("teams") or {})},
+        agents={**options.agents, **workflow.agents},
+        teams={**options.teams, **workflow.teams},
         max_concurrency=options.max_concurrency,
         dry_run=options.dry_run,
         team_turn=lambda team: store.next_team_turn(workflow_id, team),
@@ -337,8 +334,9 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
         executor=executor,
         secrets=secrets,
         masker=masker,
+        fail_fast=options.fail_fast,
     )
-    engine = Engine(definition, settings, recorder, prior=prior)
+    engine = Engine(workflow, settings, recorder, prior=prior)
     # A record that cannot be written stops the run: no step starts that could not be kept.
     recorder.on_broken = lambda message: engine.cancel(message, status="failed")
     from wfctl.control import Control, Watcher
@@ -351,8 +349,8 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
     if estimate is not None:
         started["estimatedCompletion"] = iso_after(time.time(), estimate)
     timer = None
-    if definition.get("timeout"):
-        limit = float(definition["timeout"])
+    if workflow.timeout:
+        limit = workflow.timeout
         timer = threading.Timer(
             limit, engine.cancel, kwargs={"reason": f"the workflow timed out after {limit:g}s", "status": "timed_out"}
         )
@@ -388,11 +386,11 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
         else:
             outcome = "the execution stopped before its first step"
         try:
-            write_trace(store, state.document, definition)
+            write_trace(store, state.document, workflow)
         except (OSError, StoreError):
             pass  # the disk that failed the journal may fail this too; the error below says so
         raise StoreError(f"{recorder.broken}; {outcome}. What was recorded stays readable; `wfctl resume` continues it.")
-    write_trace(store, state.document, definition)
+    write_trace(store, state.document, workflow)
     return state.document
 
 

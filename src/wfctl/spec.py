@@ -592,6 +592,9 @@ WORKFLOW = Block(
               Map(Ref("secret"), key_pattern=ENV_NAME_PATTERN, key_help=ENV_NAME_HELP,
                   what="a mapping of secret names to sources"),
               "Secrets available to templates as `secrets.NAME`."),
+        Field("maxConcurrency", Number(integer=True, minimum=1),
+              "At most this many steps of a list whose steps have depends run at once "
+              "(default: the machine's CPU count)."),
         Field("steps", StepList(min_items=1), "The steps, run in order.", required=True, role="steps"),
     ),
 )
@@ -617,6 +620,15 @@ STEP_COMMON: tuple[Field, ...] = (
     Field("env", _ENV_MAP, "Environment variables for the step (`{{ }}` templates allowed in values).",
           role="env-templates"),
     Field("cwd", _STR, "Working directory of the step's command."),
+    Field("depends",
+          Union((String(min_length=1),
+                 List(String(pattern=STEP_ID_PATTERN, pattern_help=STEP_ID_HELP), what="a list of step ids")),
+                what="a list of step ids or an expression string"),
+          "The steps of the same list this one waits for: a list of ids (each must succeed, or fail "
+          "under strategy continue), or an expression such as `build && (test.succeeded || test.failed)` "
+          "with the properties .succeeded, .failed, .skipped and .completed. Without it a step waits for "
+          "the step before it (in a parallel step: for nothing); [] starts it at once.",
+          role="depends"),
 )
 
 STEP_TYPE_BLOCKS: dict[str, Block] = {

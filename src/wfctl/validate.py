@@ -28,6 +28,7 @@ import re
 from typing import Any, Iterable
 
 from wfctl import spec
+from wfctl.depends import Depends, DependsError, Outcome, after, find_cycles, parse_depends, topological_order
 from wfctl.errors import ExpressionError, Problem, WorkflowInvalid
 from wfctl.loader import child_path
 from wfctl.spec import Block, Field, describe_value, did_you_mean, is_number
@@ -37,6 +38,7 @@ _BARE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
 _EXPRESSION_KEYWORDS = frozenset({"true", "false", "null", "and", "or", "not", "in"})
 _STEP_CHILD_KEYS = ("steps", "then", "else", "step", "errorHandling")
 _MAX_LISTED = 20  # names listed in a message before "..."
+_STEP_ID_RE = re.compile(spec.STEP_ID_PATTERN)
 
 
 # -- public API ----------------------------------------------------------------------------------
@@ -72,33 +74,26 @@ def check_agents_and_teams(
 ) -> list[Problem]:
     """Only the agent and team names of an already valid definition (a registered one,
     whose agents in config.toml may have changed): much cheaper than a whole validation."""
+    from wfctl.model import TaskStep, TeamStep, build_workflow
+
+    workflow = build_workflow(doc)
     checker = _Validator(file, {}, known_agents, known_teams)
-    checker.workflow_agents = _names(doc.get("agents"))
-    checker.workflow_teams = _names(doc.get("teams"))
-    for name, team in (doc.get("teams") or {}).items():
+    checker.workflow_agents = set(workflow.agents)
+    checker.workflow_teams = set(workflow.teams)
+    for name, team in workflow.teams.items():
         for i, member in enumerate((team or {}).get("members") or []):
             checker.check_agent(member, child_path(child_path(child_path("teams", name), "members"), i), "team member")
-    stack: list[tuple[Any, str]] = [((doc.get("errorHandling") or {}), "errorHandling")]
-    stack += [(step, child_path("steps", i)) for i, step in enumerate(doc.get("steps") or [])]
-    while stack:
-        node, path = stack.pop()
-        if not isinstance(node, dict):
-            continue
-        if isinstance(node.get("agent"), str):
-            checker.check_agent(node["agent"], child_path(path, "agent"), "agent")
-        if isinstance(node.get("teamId"), str):
-            checker.check_team(node["teamId"], child_path(path, "teamId"))
-        if isinstance(node.get("escalateTo"), str):
-            checker.check_agent(node["escalateTo"], child_path(path, "escalateTo"), "escalateTo")
-        for key in ("steps", "then", "else"):
-            value = node.get(key)
-            if isinstance(value, list):
-                stack += [(child, child_path(child_path(path, key), i)) for i, child in enumerate(value)]
-            elif isinstance(value, dict):
-                stack.append((value, child_path(path, key)))
-        for key in ("step", "errorHandling", "fallback"):
-            if isinstance(node.get(key), dict):
-                stack.append((node[key], child_path(path, key)))
+    handlers = [("", workflow.error_policy)] + [(step.path, step.raw.get("errorHandling") or {})
+                                                for step in workflow.walk()]
+    for path, handling in handlers:
+        if isinstance(handling.get("escalateTo"), str):
+            checker.check_agent(handling["escalateTo"], child_path(child_path(path, "errorHandling"), "escalateTo"),
+                                "escalateTo")
+    for step in workflow.walk():
+        if isinstance(step, TaskStep) and step.agent:
+            checker.check_agent(step.agent, child_path(step.path, "agent"), "agent")
+        elif isinstance(step, TeamStep):
+            checker.check_team(step.team_id, child_path(step.path, "teamId"))
     return sorted(checker.problems, key=lambda p: p.path)
 
 
@@ -327,6 +322,11 @@ class _Tree:
         self.external: set[str] = {n for n in inputs_read if n not in self.producers}
 
 
+def _has_depends(steps: Any) -> bool:
+    """Is this list scheduled as a graph (some step of it has depends)?"""
+    return isinstance(steps, list) and any(isinstance(step, dict) and "depends" in step for step in steps)
+
+
 def _is_bare_name(text: str) -> bool:
     """`items: data-array`: a plain state name rather than an expression."""
     stripped = text.strip()
@@ -365,6 +365,8 @@ class _Validator:
         self.log: list[str] = []
         self.seen_ids: dict[str, str] = {}  # step id → path of its first use
         self.outputs: dict[str, list[tuple[str, str, tuple]]] = {}  # name → [(id, path, branch)]
+        # The graphs being walked, innermost last: id of each step inside → its step in the list.
+        self.graphs: list[dict[str, str]] = []
 
     # -- reporting ---------------------------------------------------------------------------
     def line(self, path: str) -> int | None:
@@ -587,17 +589,155 @@ class _Validator:
 
     # -- steps -------------------------------------------------------------------------------
     def sequence(self, steps: list, path: str, scope: _Scope) -> None:
+        if _has_depends(steps):
+            self.graph_list(steps, path, scope, True)
+            return
         for i, step in enumerate(steps):
             self.step(step, child_path(path, i), scope)
+
+    # -- lists whose steps have depends ------------------------------------------------------
+    def graph_list(self, steps: list, path: str, scope: _Scope, in_order: bool) -> None:
+        """A list scheduled as a graph: its depends checked (ids of this list, no cycle),
+        and each step walked with what the steps it depends on always produce. After the
+        list: what the steps that always run produce, and every step's status."""
+        entries = [(i, step, child_path(path, i)) for i, step in enumerate(steps)]
+        ids = {step["id"]: i for i, step, _ in entries if isinstance(step, dict) and isinstance(step.get("id"), str)}
+        requirements = self.list_requirements(entries, ids, in_order)
+        if requirements is None:  # a depends problem was reported: walk it as written
+            self.walk_as_written(entries, scope, in_order)
+            return
+        dependencies = {i: [ids[d] for d in r.ids()] if r else [] for i, r in requirements.items()}
+        order = topological_order(range(len(entries)), dependencies)
+        succeeded: dict[int, set[int]] = {}  # position → positions sure to have succeeded before it
+        ended: dict[int, set[int]] = {}  # position → positions sure to have ended before it
+        produced: dict[int, list[str]] = {}
+        siblings = {sub: entry[1]["id"] for entry in entries if isinstance(entry[1], dict)
+                    for sub in _subtree_ids(entry[1])}
+        self.graphs.append(siblings)
+        try:
+            for position in order:
+                requirement = requirements[position]
+                direct_ok = {ids[d] for d in requirement.must_succeed()} if requirement else set()
+                succeeded[position] = set(direct_ok).union(*(succeeded[d] for d in direct_ok))
+                ended[position] = ({ids[d] for d in requirement.must_end()} if requirement else set()).union(
+                    succeeded[position], *(ended[d] for d in direct_ok))
+                _, step, step_path = entries[position]
+                mark = len(self.log)
+                for earlier in sorted(succeeded[position]):
+                    for name in produced[earlier]:
+                        self.produce(name)
+                for earlier in sorted(ended[position] - succeeded[position]):
+                    for finished in _subtree_ids(entries[earlier][1]):
+                        self.produce(_FINISHED + finished)
+                start = len(self.log)
+                self.step(step, step_path, scope)
+                produced[position] = self.log[start:]
+                self.undo(mark)
+        finally:
+            self.graphs.pop()
+        outcomes: dict[str, Outcome] = {}
+        for position in order:
+            requirement = requirements[position]
+            if requirement is None or requirement.evaluate(outcomes) is True:  # it always runs
+                step = entries[position][1]
+                if isinstance(step, dict) and isinstance(step.get("id"), str):
+                    outcomes[step["id"]] = Outcome.SUCCEEDED
+                for name in produced[position]:
+                    self.produce(name)
+        for _, step, _ in entries:
+            for finished in _subtree_ids(step):
+                self.produce(_FINISHED + finished)
+
+    def list_requirements(self, entries: list, ids: dict[str, int],
+                          in_order: bool) -> dict[int, Depends | None] | None:
+        """What each step of a list waits for; None when a depends is wrong (reported)."""
+        requirements: dict[int, Depends | None] = {}
+        sound = True
+        for i, step, step_path in entries:
+            if not isinstance(step, dict):
+                sound = False
+                continue
+            if "depends" not in step:
+                previous = entries[i - 1][1] if i > 0 else None
+                own_previous = previous.get("id") if isinstance(previous, dict) else None
+                requirements[i] = after(own_previous) if in_order and isinstance(own_previous, str) else None
+                continue
+            requirement = self.step_depends(step, child_path(step_path, "depends"), ids)
+            if requirement is None:
+                sound = False
+            requirements[i] = requirement
+        if not sound:
+            return None
+        cycles = find_cycles(range(len(entries)),
+                             {i: [ids[d] for d in r.ids()] if r else [] for i, r in requirements.items()})
+        for cycle in cycles:
+            names = [str(entries[i][1].get("id")) for i in cycle]
+            first = min((i for i in cycle if "depends" in entries[i][1]), default=cycle[0])
+            self.report(child_path(entries[first][2], "depends"),
+                        f"steps depend on each other in a cycle: {' → '.join(names)}")
+        return None if cycles else requirements
+
+    def step_depends(self, step: dict, path: str, ids: dict[str, int]) -> Depends | None:
+        """A step's depends, parsed and checked against the ids of its list; None when
+        it is wrong (reported here, or its type by the field check)."""
+        value = step["depends"]
+        if not (isinstance(value, str) and value) and not (isinstance(value, list) and all(
+                isinstance(item, str) and _STEP_ID_RE.match(item) for item in value)):
+            return None  # its type or an item is reported by the field check
+        try:
+            requirement = parse_depends(value).resolve(ids)
+        except DependsError as err:
+            where = f" (at character {err.position + 1})" if err.position is not None else ""
+            self.report(path, f"invalid depends expression: {err.message}{where}")
+            return None
+        own = step.get("id")
+        sound = True
+        for target in requirement.ids():
+            if target == own:
+                self.report(path, f"step {own!r} depends on itself")
+            elif target not in ids:
+                self.report(path, self.unknown_dependency(target, ids))
+            else:
+                continue
+            sound = False
+        return requirement if sound else None
+
+    def unknown_dependency(self, target: str, ids: dict[str, int]) -> str:
+        head, _, prop = target.rpartition(".")
+        if head in ids:
+            return (f"depends names '{target}': '{prop}' is not a property of a step; use .succeeded, .failed, "
+                    ".skipped or .completed")
+        if target in self.tree.ids:
+            return f"depends names '{target}', which is in another list: depends may only name steps of the same list"
+        return f"depends names '{target}', but no step has that id{_suggest(target, ids)}"
+
+    def walk_as_written(self, entries: list, scope: _Scope, in_order: bool) -> None:
+        """A list whose depends are wrong: its steps are still checked, in order."""
+        for _, step, step_path in entries:
+            if in_order:
+                self.step(step, step_path, scope)
+            else:
+                self.scoped(self.step, step, step_path, scope)
+
+    def lone_depends(self, step: Any, path: str) -> None:
+        """A step that is not in a list (a loop's step, a fallback, a branch written as
+        one step) can only depend on nothing."""
+        if isinstance(step, dict) and "depends" in step and isinstance(step.get("id"), str):
+            self.step_depends(step, child_path(path, "depends"), {step["id"]: 0})
+
+    def undo(self, mark: int) -> None:
+        """Forget the names produced since `mark`."""
+        added = self.log[mark:]
+        del self.log[mark:]
+        for name in added:
+            self.avail.discard(name)
 
     def scoped(self, walk, *args) -> list[str]:
         """Run a walk whose new names must not outlive it; returns the names it produced."""
         mark = len(self.log)
         walk(*args)
         added = self.log[mark:]
-        del self.log[mark:]
-        for name in added:
-            self.avail.discard(name)
+        self.undo(mark)
         return added
 
     def produce(self, name: str) -> None:
@@ -610,20 +750,26 @@ class _Validator:
         if role == "fallback":
             owner = step.path if step is not None else ""
             inner = scope.inside(extras=("error",), branch=(owner, "fallback"), fallback=True)
+            self.lone_depends(value, path)
             self.scoped(self.step, value, path, inner)
             return
         if step is None:  # pragma: no cover - only steps own steps
             return
-        if role == "steps":  # a parallel step's children: none sees its siblings
-            for i, child in enumerate(value):
-                step.pending.extend(self.scoped(self.step, child, child_path(path, i), scope))
+        if role == "steps":  # a parallel step's children: none sees its siblings (unless it depends on them)
+            if _has_depends(value):
+                step.pending.extend(self.scoped(self.graph_list, value, path, scope, False))
+            else:
+                for i, child in enumerate(value):
+                    step.pending.extend(self.scoped(self.step, child, child_path(path, i), scope))
         elif role == "step":  # a loop body
+            self.lone_depends(value, path)
             self.scoped(self.step, value, path, scope.inside(extras=("item", "index"), loop=True))
         elif role == "branch":
             inner = scope.inside(branch=(step.path, field.name))
             if isinstance(value, list):
                 produced = self.scoped(self.sequence, value, path, inner)
             else:
+                self.lone_depends(value, path)
                 produced = self.scoped(self.step, value, path, inner)
             step.branches[field.name] = produced
 
@@ -753,6 +899,11 @@ class _Validator:
             return None
         for producer_id, _ in producers:
             if producer_id != step.label:
+                for siblings in reversed(self.graphs):
+                    if producer_id in siblings and siblings.get(step.label) != siblings[producer_id]:
+                        return f"'{name}' is produced by step '{producer_id}', which is not sure to have " \
+                               f"succeeded when '{step.label}' starts: a step reads what the steps it depends " \
+                               "on produce (name it in depends)"
                 return f"'{name}' is produced by step '{producer_id}', which does not always run before " \
                        f"'{step.label}'"
         return f"'{name}' is only produced by step '{step.label}' itself, which cannot read its own output"

@@ -79,6 +79,9 @@ def execute(
     executor: Annotated[
         Optional[str], typer.Option("--executor", help="Where steps run: local (default) or dask://HOST:PORT.")
     ] = None,
+    fail_fast: Annotated[
+        bool, typer.Option("--fail-fast", help="When a step fails, cancel the steps running beside it (kept for resume and retry).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     json: Json = False,
 ) -> None:
@@ -87,7 +90,9 @@ def execute(
 
     given = parse_input(input)
     notify = {"email": notify_email, "slack": notify_slack, "webhook": notify_webhook}
-    execution_id = api.prepare(workflow, given, priority=priority, dry_run=dry_run, notify=notify, executor=executor)
+    execution_id = api.prepare(
+        workflow, given, priority=priority, dry_run=dry_run, notify=notify, executor=executor, fail_fast=fail_fast
+    )
     if detach:
         document = api.start_detached(execution_id)
         if json:

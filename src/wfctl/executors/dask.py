@@ -42,13 +42,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from typing import Any
+
+from wfctl import procgroup  # standard library only; shipped to workers by value
 
 TICK = 0.2  # how often the worker checks the step, the client its future
 CANCEL_POLL = 0.5  # how often the worker asks the scheduler whether the attempt is cancelled
@@ -105,6 +106,7 @@ def connect(address: str) -> "DaskExecutor":
     register = getattr(cloudpickle, "register_pickle_by_value", None)
     if register is not None:
         register(sys.modules[__name__])
+        register(procgroup)  # the worker side stops process groups with it
     try:
         client = distributed.Client(f"tcp://{shown}", timeout=CONNECT_TIMEOUT, set_as_default=False)
     except Exception as err:  # OSError, TimeoutError, a comm error: all mean the same here
@@ -118,7 +120,10 @@ def _reason(err: BaseException) -> str:
 
 
 class DaskExecutor:
-    """Callable `(agent, ctx) -> Outcome`, safe to call from many engine threads at once."""
+    """An Executor (executors/__init__.py): `run(agent, ctx) -> Outcome`, safe to call
+    from many engine threads at once."""
+
+    runs_in_process = False  # python agents run on the workers
 
     def __init__(self, client: Any, address: str) -> None:
         self.client = client
@@ -132,7 +137,7 @@ class DaskExecutor:
         except Exception:  # a scheduler that went away: nothing left to close
             pass
 
-    def __call__(self, agent: dict, ctx: Any) -> Any:
+    def run(self, agent: dict, ctx: Any) -> Any:
         from wfctl.agents import describe, run_agent
 
         kind = describe(agent)
@@ -514,9 +519,9 @@ def _run_here(payload: dict, report: dict, worker: Any, key: Any, client: Any, f
     waiter.start()
     report["ended_by"] = _supervise(exited, payload.get("timeout"), worker, key, client)
     if report["ended_by"] == "exit":
-        _signal_group(proc, signal.SIGKILL)  # leftovers in the step's group do not outlive it
+        procgroup.kill_leftovers(proc)  # leftovers in the step's group do not outlive it
     else:
-        _terminate(proc, exited)
+        procgroup.terminate_group(proc, KILL_GRACE, exited=exited.wait)
     waiter.join()
     if reader is not None:
         reader.join(KILL_GRACE)
@@ -601,18 +606,3 @@ def _abandoned(worker: Any, key: Any) -> bool:
     except Exception:  # another layout of the worker's state: cannot tell, keep going
         return False
     return task is None or task.state in ("cancelled", "released", "forgotten")
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _terminate(proc: subprocess.Popen, exited: threading.Event) -> None:
-    """SIGTERM the step's process group, SIGKILL what is left after the grace period."""
-    _signal_group(proc, signal.SIGTERM)
-    exited.wait(KILL_GRACE)
-    _signal_group(proc, signal.SIGKILL)
-    exited.wait()

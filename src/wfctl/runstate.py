@@ -1,0 +1,204 @@
+"""What one run of an execution shares between the step scheduler and the attempt runner.
+
+`RunContext` holds the run's settings, its `emit` (the only way events leave the
+engine), its clock, the cancel token, the state that steps read and write, and the
+first failure. `Frame` says where a step instance runs (its key suffix, its parent,
+names local to a loop iteration or a fallback, and the `AbortScope` whose cancel stops
+it). Nothing here touches files: the engine can be driven in-process.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import ChainMap
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple
+
+from wfctl.depends import Outcome
+from wfctl.executors import Executor
+from wfctl.executors.local import LocalExecutor
+from wfctl.model import Clock, Step, StepStatus, Workflow
+
+Emit = Callable[[dict], None]
+
+
+@dataclass
+class Settings:
+    execution_id: str
+    workflow_id: str
+    log_dir: Path  # step logs and $WFCTL_OUTPUT files
+    agents: Mapping[str, dict]
+    teams: Mapping[str, dict]
+    max_concurrency: int = 4  # a parallel step or team without its own maxConcurrency
+    dry_run: bool = False
+    # Round-robin teams rotate across runs: the api gives each run its turn number.
+    team_turn: Callable[[str], int] = lambda team: 0
+    # Environment for every step process (the api puts priority and secrets here).
+    extra_env: Mapping[str, str] | None = None
+    nice: int = 0  # low-priority runs start their step processes with a higher nice value
+    executor: Executor = field(default_factory=LocalExecutor)  # where attempts run
+    secrets: Mapping[str, str] | None = None  # NAME → value: env vars of steps, `secrets.NAME`
+    masker: Any = None  # masks those values in logs
+    fail_fast: bool = False  # a failure cancels the steps running beside it
+
+
+@dataclass
+class Prior:
+    """What an earlier run of this execution left: the engine continues from it."""
+
+    completed: dict[str, Any]  # key → output of every step instance that completed
+    attempts: dict[str, int]  # key → attempts already made (new ones are numbered on)
+    members: dict[str, str]  # round-robin team key → the member it chose
+    continued: frozenset[str] = frozenset()  # keys among `completed` that failed and were continued
+    # Graph steps that failed and are not run again (a retry of another step): key → error.
+    frozen: dict[str, dict] = field(default_factory=dict)
+
+
+class AbortScope:
+    """A cancel token for the steps started in one place. A scope is aborted when it or
+    any scope above it is: the root is the execution's cancel; a list run under
+    `--fail-fast` aborts its own scope when one of its steps fails."""
+
+    __slots__ = ("_event", "parent")
+
+    def __init__(self, parent: "AbortScope | None" = None, event: threading.Event | None = None) -> None:
+        self.parent = parent
+        self._event = event or threading.Event()
+
+    def child(self) -> "AbortScope":
+        return AbortScope(self)
+
+    def abort(self) -> None:
+        self._event.set()
+
+    def aborted(self) -> bool:
+        scope: AbortScope | None = self
+        while scope is not None:
+            if scope._event.is_set():
+                return True
+            scope = scope.parent
+        return False
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Where a step instance runs: its key suffix, its parent, and names local to it."""
+
+    scope: AbortScope
+    suffix: str = ""
+    parent: str | None = None
+    locals: dict | None = None  # loop iteration scope (item, index, the body's outputs), `error`
+    item: Any = None
+    index: int | None = None
+    in_loop: bool = False
+    in_fallback: bool = False  # inside a fallback the workflow's fallback is not used again
+
+    def child(self, parent: str) -> "Frame":
+        return replace(self, parent=parent)
+
+    def within(self, scope: AbortScope) -> "Frame":
+        return replace(self, scope=scope)
+
+
+class Result(NamedTuple):
+    """How one step instance ended, for the list it belongs to."""
+
+    ok: bool  # the list goes on (completed, continued, skipped)
+    value: Any
+    outcome: Outcome
+
+
+CANCELLED_RESULT = Result(False, None, Outcome.CANCELLED)
+
+
+class RunContext:
+    """The shared state of one run (see the module's docstring)."""
+
+    def __init__(
+        self,
+        workflow: Workflow,
+        settings: Settings,
+        emit: Emit,
+        prior: Prior,
+        clock: Clock,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self.workflow = workflow
+        self.settings = settings
+        self.emit = emit
+        self.clock = clock
+        # Step instances that completed in an earlier run of this execution (resume,
+        # retry) are never run again; their outputs are reused.
+        self.completed = dict(prior.completed)
+        self.continued = prior.continued
+        self.frozen = dict(prior.frozen)
+        self.attempt_base = dict(prior.attempts)
+        self.prior_members = dict(prior.members)
+        self.state: dict[str, Any] = {}
+        self.input: dict[str, Any] = {}
+        self.steps_view: dict[str, dict] = {}
+        self.cancel_event = threading.Event()
+        self.cancel_status = "cancelled"
+        self.cancel_reason: str | None = None
+        self.root = AbortScope(event=self.cancel_event)
+        self.escalated = False
+        self.escalations = 0
+        self.failure: dict | None = None  # the error of the step that ended the run
+        self.specials: dict[str, Any] = {"input": self.input, "steps": self.steps_view}
+        if settings.secrets:
+            self.specials["secrets"] = dict(settings.secrets)
+        self.pause_gate: Callable[[], None] | None = None
+        self._sleep = sleep
+        self.active_lock = threading.Lock()
+        self.active = 0  # task steps running right now (pausing waits for them to finish)
+
+    # -- control -----------------------------------------------------------------------------
+    def cancel(self, reason: str | None = None, status: str = "cancelled") -> None:
+        """Stop: running step processes are terminated, nothing new starts."""
+        if not self.cancel_event.is_set():
+            self.cancel_status = status
+            self.cancel_reason = reason
+            self.cancel_event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def wait(self, seconds: float, scope: AbortScope) -> None:
+        """Wait between attempts; a cancel (or an abort of the scope) ends the wait at once."""
+        if seconds <= 0:
+            return
+        if self._sleep is not None:
+            self._sleep(seconds)
+        elif scope is self.root or scope.parent is None:
+            self.cancel_event.wait(seconds)
+        else:
+            # An abort of an inner scope has no event of the root's: look every 0.1 s.
+            deadline = self.clock.monotonic() + seconds
+            while not scope.aborted():
+                remaining = deadline - self.clock.monotonic()
+                if remaining <= 0:
+                    return
+                self.cancel_event.wait(min(remaining, 0.1))
+
+    def now(self) -> str:
+        return self.clock.now_iso()
+
+    # -- state -------------------------------------------------------------------------------
+    def scope_of(self, frame: Frame) -> ChainMap:
+        """The names a step's expressions and templates see."""
+        if frame.locals is not None:
+            return ChainMap(frame.locals, self.specials, self.state)
+        return ChainMap(self.specials, self.state)
+
+    def store_output(self, step: Step, frame: Frame, status: str, value: Any) -> None:
+        if step.output and status == StepStatus.COMPLETED:
+            target = frame.locals if frame.in_loop else self.state
+            target[step.output] = value
+        self.steps_view[step.id] = {"status": status, "output": value}
+
+    def clear_output(self, step: Step, frame: Frame) -> None:
+        """A failure the workflow goes past: later steps get null for its output."""
+        if step.output:
+            (frame.locals if frame.in_loop else self.state)[step.output] = None
