@@ -445,3 +445,17 @@ def test_a_fallback_that_fails_does_not_fall_back_to_itself(tmp_path):
     assert status == "failed"
     assert started(events) == ["a", "fb@a"]  # once, not fb@a@fb@fb...
     assert failure["step"] == "fb@a"
+
+
+def test_fail_fast_cancels_a_running_sibling_in_a_parallel_step_too(tmp_path):
+    started = tmp_path / "slow-started"
+    wait = f'i=0; until [ -e "{started}" ]; do [ $i -ge 400 ] && break; sleep 0.05; i=$((i+1)); done'
+    workflow = {"name": "ff", "steps": [{"id": "p", "type": "parallel", "steps": [
+        {"id": "slow", "run": f'touch "{started}"; sleep 30; echo finished'},
+        {"id": "fails", "run": f"{wait}; exit 5"},
+    ]}]}
+    status, failure, _, document = run_in_process(tmp_path, workflow, fail_fast=True)
+    assert status == "failed" and failure["step"] == "fails"
+    assert statuses(document) == {"p": "failed", "slow": "cancelled", "fails": "failed"}
+    slow = next(r for r in document["steps"][0]["steps"] if r["id"] == "slow")
+    assert slow["error"]["kind"] == "cancelled"

@@ -18,7 +18,7 @@ from wfctl import events, faults
 from wfctl.agents import AttemptContext, Outcome, failure
 from wfctl.depends import Outcome as ListOutcome
 from wfctl.errors import ExpressionError
-from wfctl.model import Step, StepStatus
+from wfctl.model import Step, StepStatus, named, step_key
 from wfctl.retry import Policy, backoff_delay
 from wfctl.runstate import Frame, Result, RunContext
 
@@ -252,7 +252,7 @@ class AttemptRunner:
         fallback = step.fallback or (None if frame.in_fallback else run.workflow.fallback)
         if policy.strategy == "fallback" and fallback is not None and not run.cancelled:
             # The workflow's fallback stands in for many steps: each gets its own record.
-            suffix = frame.suffix if step.fallback is not None else f"{frame.suffix}@{step.id}"
+            suffix = frame.suffix if step.fallback is not None else named(frame.suffix, step.id)
             names = dict(frame.locals or {})
             names["error"] = {
                 "message": error.get("message"),
@@ -268,7 +268,7 @@ class AttemptRunner:
                 # The fallback's result stands in for the step's; the record keeps the error.
                 run.emit(events.recovered(
                     run.now(), key, output=result.value, output_name=step.output,
-                    recovered_by=fallback.id + suffix, duration=run.clock.monotonic() - started,
+                    recovered_by=step_key(fallback.id, suffix), duration=run.clock.monotonic() - started,
                 ))
                 run.store_output(step, frame, StepStatus.COMPLETED, result.value)
                 return Result(True, result.value, ListOutcome.SUCCEEDED)
@@ -306,7 +306,7 @@ class AttemptRunner:
         if resolved is None:
             outcome = failure("error", f"escalation agent '{target}' is not defined.")
         else:
-            ctx = self.context(step, f"{key}@escalation", frame, task, context_inputs, 1,
+            ctx = self.context(step, named(key, "escalation"), frame, task, context_inputs, 1,
                                ChainMap({"task": task}, scope))
             outcome = run.settings.executor.run(resolved[1], ctx)
         run.emit(events.execution_escalated(run.now(), key, target, ok=outcome.ok, output=outcome.output,

@@ -123,9 +123,20 @@ class StepKey:
         return StepKey(self.step_id, f"{self.suffix}@{name}")
 
 
+# The hot path builds keys as plain strings, with these (the same rule as StepKey).
 def step_key(step_id: str, suffix: str = "") -> str:
-    """The key of a step instance (the hot path: a plain string, no object)."""
+    """The key of a step instance: its id and the suffix of where it runs."""
     return step_id + suffix
+
+
+def iteration_suffix(suffix: str, index: int) -> str:
+    """The suffix inside loop iteration `index`."""
+    return f"{suffix}[{index}]"
+
+
+def named(key_or_suffix: str, name: str) -> str:
+    """`key@name`: a team member's run, a shared fallback's stand-in, an escalation."""
+    return f"{key_or_suffix}@{name}"
 
 
 def step_id_of(key: str) -> str:

@@ -33,6 +33,7 @@ from wfctl.model import (
     TaskStep,
     TeamStep,
 )
+from wfctl.model import iteration_suffix, named, step_key
 from wfctl.runstate import CANCELLED_RESULT, AbortScope, Frame, Result, RunContext
 
 # How a step that ended is seen by the steps that depend on it.
@@ -110,7 +111,7 @@ class StepScheduler:
     # -- one step ----------------------------------------------------------------------------
     def run_step(self, step: Step, frame: Frame) -> Result:
         run = self.run
-        key = step.id + frame.suffix
+        key = step_key(step.id, frame.suffix)
         if key in run.completed:
             value = self._restore(step, frame)
             return Result(True, value, Outcome.CONTINUED if key in run.continued else Outcome.SUCCEEDED)
@@ -137,11 +138,11 @@ class StepScheduler:
         """A step that completed in an earlier run: its outputs (and those of the steps
         inside it) become state again, and nothing runs."""
         run = self.run
-        key = step.id + frame.suffix
+        key = step_key(step.id, frame.suffix)
         value = run.completed[key]
         inner = frame.child(key)
         for child in () if step.repeats_children else step.children():
-            if child.id + frame.suffix in run.completed:
+            if step_key(child.id, frame.suffix) in run.completed:
                 self._restore(child, inner)
         if key in run.continued:
             run.store_output(step, frame, StepStatus.FAILED, None)
@@ -152,7 +153,7 @@ class StepScheduler:
 
     def skip(self, step: Step, frame: Frame, reason: str | None = None) -> None:
         """Record a step (and what is inside it) as skipped: it will not run."""
-        key = step.id + frame.suffix
+        key = step_key(step.id, frame.suffix)
         self.run.emit(events.skipped(self.run.now(), key, step.kind, parent=frame.parent, reason=reason))
         self.run.steps_view[step.id] = {"status": StepStatus.SKIPPED, "output": None}
         inner = frame.child(key)
@@ -268,7 +269,8 @@ class StepScheduler:
         def iteration(position: int, item: Any, scope: AbortScope) -> Result:
             names = dict(frame.locals or {})
             names.update({"item": item, "index": position})
-            child = Frame(scope, f"{frame.suffix}[{position}]", key, names, item, position, True, frame.in_fallback)
+            child = Frame(scope, iteration_suffix(frame.suffix, position), key, names, item, position, True,
+                          frame.in_fallback)
             return self.run_step(body, child)
 
         thunks = [lambda scope, p=p, i=i: iteration(p, i, scope) for p, i in enumerate(items)]
@@ -286,7 +288,7 @@ class StepScheduler:
         strategy = team.get("strategy", "round-robin")
 
         def member_run(member: str, scope: AbortScope) -> Result:
-            member_key = f"{key}@{member}"
+            member_key = named(key, member)
             if member_key in run.completed:
                 return Result(True, run.completed[member_key], Outcome.SUCCEEDED)
             ok, value, _error = self.attempts.run_leaf(step, member_key, frame.within(scope), member, step.task,
@@ -358,7 +360,7 @@ class _GraphRun:
         failures a retry leaves alone stay failed (their dependents see them so)."""
         run = self.run_context
         for step in self.steps:
-            key = step.id + self.frame.suffix
+            key = step_key(step.id, self.frame.suffix)
             if key in run.frozen:
                 self.frozen = self.frozen or {"step": key, **run.frozen[key]}
                 self.finished(step.id, Result(False, None, Outcome.FAILED))

@@ -101,17 +101,21 @@ def connect(address: str) -> "DaskExecutor":
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
     except OSError as err:
         raise UsageError(f"cannot reach the Dask scheduler at {shown}: {_reason(err)}.") from None
-    # Workers get this module's code with each task: they need distributed, not wfctl
-    # (with an old cloudpickle that cannot do this, workers need wfctl installed too).
-    register = getattr(cloudpickle, "register_pickle_by_value", None)
-    if register is not None:
-        register(sys.modules[__name__])
-        register(procgroup)  # the worker side stops process groups with it
+    ship_by_value(cloudpickle)
     try:
         client = distributed.Client(f"tcp://{shown}", timeout=CONNECT_TIMEOUT, set_as_default=False)
     except Exception as err:  # OSError, TimeoutError, a comm error: all mean the same here
         raise UsageError(f"cannot reach the Dask scheduler at {shown}: {_reason(err)}.") from None
     return DaskExecutor(client, f"tcp://{shown}")
+
+
+def ship_by_value(cloudpickle: Any) -> None:
+    """Workers get the code of the worker side with each task: they need distributed,
+    not wfctl (with an old cloudpickle that cannot do this, workers need wfctl too)."""
+    register = getattr(cloudpickle, "register_pickle_by_value", None)
+    if register is not None:
+        register(sys.modules[__name__])
+        register(procgroup)  # the worker side stops process groups with it
 
 
 def _reason(err: BaseException) -> str:
