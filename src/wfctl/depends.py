@@ -32,7 +32,7 @@ import heapq
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Iterable, Iterator, Mapping, Union
+from typing import Container, Iterable, Iterator, Mapping, Union
 
 PROPERTIES = ("succeeded", "failed", "skipped", "completed")
 MAX_SOURCE_LENGTH = 4096
@@ -219,10 +219,10 @@ class Depends:
         states = ", ".join(f"{step} {_OUTCOME_WORDS[outcomes[step]]}" for step in named)
         return f"dependency not met: {shown}" + (f" ({states})" if states else "")
 
-    def resolve(self, known: Iterable[str]) -> "Depends":
-        """`a.failed` where `a.failed` is itself a step id (and `a` is not) names that step."""
-        names = set(known)
-        return Depends(_resolve(self.condition, names), self.written)
+    def resolve(self, known: Container[str]) -> "Depends":
+        """`a.failed` where `a.failed` is itself a step id (and `a` is not) names that step.
+        `known` is looked into, not copied: a set or a mapping of the list's ids."""
+        return Depends(_resolve(self.condition, known), self.written)
 
 
 def _must_succeed(node: Node) -> frozenset[str]:
@@ -247,7 +247,7 @@ def _must_end(node: Node, value: bool) -> frozenset[str]:
     return frozenset().union(*parts) if every else frozenset.intersection(*parts)
 
 
-def _resolve(node: Node, known: set[str]) -> Node:
+def _resolve(node: Node, known: Container[str]) -> Node:
     if isinstance(node, Ref):
         if node.prop and node.step not in known and f"{node.step}.{node.prop}" in known:
             return Ref(f"{node.step}.{node.prop}")

@@ -393,10 +393,11 @@ class _Builder:
         graph = None
         if any(step.depends is not None for step in steps):
             ids = tuple(step.id for step in steps)
+            known = frozenset(ids)
             requirements: dict[str, Depends | None] = {}
             for position, step in enumerate(steps):
                 if step.depends is not None:
-                    requirements[step.id] = step.depends.resolve(ids)
+                    requirements[step.id] = step.depends.resolve(known)
                 elif in_order and position > 0:
                     requirements[step.id] = after(steps[position - 1].id)
                 else:

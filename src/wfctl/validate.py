@@ -365,8 +365,8 @@ class _Validator:
         self.log: list[str] = []
         self.seen_ids: dict[str, str] = {}  # step id → path of its first use
         self.outputs: dict[str, list[tuple[str, str, tuple]]] = {}  # name → [(id, path, branch)]
-        # The graphs being walked, innermost last: id of each step inside → its step in the list.
-        self.graphs: list[dict[str, str]] = []
+        # The graphs being walked, innermost last.
+        self.graphs: list[_Graph] = []
 
     # -- reporting ---------------------------------------------------------------------------
     def line(self, path: str) -> int | None:
@@ -434,10 +434,10 @@ class _Validator:
                 self.sequence(value, path, top)
             elif key == "errorHandling":
                 # The workflow's fallback may stand in for any step, so it sees only the start state.
-                saved = (self.avail, self.log)
-                self.avail, self.log = set(), []
+                saved = (self.avail, self.log, self.graphs)
+                self.avail, self.log, self.graphs = set(), [], []
                 self.field(field, value, path, top, None)
-                self.avail, self.log = saved
+                self.avail, self.log, self.graphs = saved
             else:
                 self.field(field, value, path, top, None)
         return self.problems
@@ -598,41 +598,39 @@ class _Validator:
     # -- lists whose steps have depends ------------------------------------------------------
     def graph_list(self, steps: list, path: str, scope: _Scope, in_order: bool) -> None:
         """A list scheduled as a graph: its depends checked (ids of this list, no cycle),
-        and each step walked with what the steps it depends on always produce. After the
-        list: what the steps that always run produce, and every step's status."""
+        and each step walked seeing what the steps it depends on are sure to have
+        produced. After the list: what the steps that always run produce, and every
+        step's status."""
         entries = [(i, step, child_path(path, i)) for i, step in enumerate(steps)]
         ids = {step["id"]: i for i, step, _ in entries if isinstance(step, dict) and isinstance(step.get("id"), str)}
         requirements = self.list_requirements(entries, ids, in_order)
         if requirements is None:  # a depends problem was reported: walk it as written
             self.walk_as_written(entries, scope, in_order)
             return
-        dependencies = {i: [ids[d] for d in r.ids()] if r else [] for i, r in requirements.items()}
-        order = topological_order(range(len(entries)), dependencies)
-        succeeded: dict[int, set[int]] = {}  # position → positions sure to have succeeded before it
-        ended: dict[int, set[int]] = {}  # position → positions sure to have ended before it
+        graph = _Graph(entries)
+        # Per position, as bit masks over positions (a long chain stays linear): the
+        # steps sure to have succeeded before it, and those sure to have ended.
+        succeeded: dict[int, int] = {}
+        ended: dict[int, int] = {}
         produced: dict[int, list[str]] = {}
-        siblings = {sub: entry[1]["id"] for entry in entries if isinstance(entry[1], dict)
-                    for sub in _subtree_ids(entry[1])}
-        self.graphs.append(siblings)
+        order = topological_order(range(len(entries)), {i: [ids[d] for d in r.ids()] if r else []
+                                                         for i, r in requirements.items()})
+        self.graphs.append(graph)
         try:
             for position in order:
                 requirement = requirements[position]
-                direct_ok = {ids[d] for d in requirement.must_succeed()} if requirement else set()
-                succeeded[position] = set(direct_ok).union(*(succeeded[d] for d in direct_ok))
-                ended[position] = ({ids[d] for d in requirement.must_end()} if requirement else set()).union(
-                    succeeded[position], *(ended[d] for d in direct_ok))
+                ok = [ids[d] for d in requirement.must_succeed()] if requirement else []
+                done = [ids[d] for d in requirement.must_end()] if requirement else []
+                succeeded[position] = _mask(ok, succeeded)
+                ended[position] = _mask(done, {}) | succeeded[position] | _mask([], ended, ok)
+                graph.succeeded, graph.ended = succeeded[position], ended[position]
                 _, step, step_path = entries[position]
                 mark = len(self.log)
-                for earlier in sorted(succeeded[position]):
-                    for name in produced[earlier]:
-                        self.produce(name)
-                for earlier in sorted(ended[position] - succeeded[position]):
-                    for finished in _subtree_ids(entries[earlier][1]):
-                        self.produce(_FINISHED + finished)
-                start = len(self.log)
                 self.step(step, step_path, scope)
-                produced[position] = self.log[start:]
+                produced[position] = self.log[mark:]
                 self.undo(mark)
+                for name in produced[position]:
+                    graph.producer.setdefault(name, position)
         finally:
             self.graphs.pop()
         outcomes: dict[str, Outcome] = {}
@@ -640,13 +638,17 @@ class _Validator:
             requirement = requirements[position]
             if requirement is None or requirement.evaluate(outcomes) is True:  # it always runs
                 step = entries[position][1]
-                if isinstance(step, dict) and isinstance(step.get("id"), str):
+                if isinstance(step.get("id"), str):
                     outcomes[step["id"]] = Outcome.SUCCEEDED
                 for name in produced[position]:
                     self.produce(name)
         for _, step, _ in entries:
             for finished in _subtree_ids(step):
                 self.produce(_FINISHED + finished)
+
+    def available(self, name: str) -> bool:
+        """Is a state name (or a `_FINISHED` mark) sure to exist here?"""
+        return name in self.avail or any(graph.promises(name) for graph in self.graphs)
 
     def list_requirements(self, entries: list, ids: dict[str, int],
                           in_order: bool) -> dict[int, Depends | None] | None:
@@ -879,7 +881,7 @@ class _Validator:
         """A name the step reads from state (`input:`, a bare `items`)."""
         if not isinstance(name, str) or not _NAME_RE.match(name):
             return  # already reported by the type check
-        if name in self.avail or name in scope.extras:
+        if self.available(name) or name in scope.extras:
             return
         if self.declared is not None and name in self.declared:
             return
@@ -899,7 +901,8 @@ class _Validator:
             return None
         for producer_id, _ in producers:
             if producer_id != step.label:
-                for siblings in reversed(self.graphs):
+                for graph in reversed(self.graphs):
+                    siblings = graph.sibling_of
                     if producer_id in siblings and siblings.get(step.label) != siblings[producer_id]:
                         return f"'{name}' is produced by step '{producer_id}', which is not sure to have " \
                                f"succeeded when '{step.label}' starts: a step reads what the steps it depends " \
@@ -960,7 +963,7 @@ class _Validator:
                 elif third is not None and third not in ("status", "output"):
                     self.report(path, f"'steps.{second}.{third}' in {what}: a step has only status and output"
                                       f"{did_you_mean(str(third), ('status', 'output'))}")
-                elif _FINISHED + second not in self.avail:
+                elif not self.available(_FINISHED + second):
                     self.report(path, f"'steps.{second}' in {what}: step '{second}' does not always run "
                                       f"before this one, so its status and output may not exist yet")
                 continue
@@ -970,7 +973,7 @@ class _Validator:
                     self.report(path, f"'secrets.{second}' in {what}: there is no secret named '{second}'"
                                       f"{did_you_mean(second, self.secrets)}")
                 continue
-            if root in self.avail or root in self.external:
+            if self.available(root) or root in self.external:
                 continue
             if self.declared is not None and root in self.declared:
                 continue
@@ -1012,6 +1015,38 @@ class _Validator:
         self.report(path, f"unknown team {name!r}{_aside(did_you_mean(name, existing))}; the teams that exist are "
                           f"{teams}; add it under teams: or with "
                           f"`wfctl team add {name} --member AGENT --strategy round-robin`")
+
+
+class _Graph:
+    """A list being walked as a graph: which step of it produced each name, and what the
+    step being walked is sure of (bit masks over the list's positions)."""
+
+    __slots__ = ("producer", "sibling_of", "succeeded", "ended")
+
+    def __init__(self, entries: list) -> None:
+        self.producer: dict[str, int] = {}  # name (or _FINISHED mark) → position of its step
+        # the id of every step inside the list → the position of its step in the list
+        self.sibling_of = {sub: i for i, step, _ in entries if isinstance(step, dict) for sub in _subtree_ids(step)}
+        self.succeeded = 0
+        self.ended = 0
+
+    def promises(self, name: str) -> bool:
+        position = self.producer.get(name)
+        if position is None:
+            return False
+        mask = self.ended if name.startswith(_FINISHED) else self.succeeded
+        return bool(mask >> position & 1)
+
+
+def _mask(positions: list[int], below: dict[int, int], through: list[int] = ()) -> int:
+    """The bits of `positions` and of `below[p]` for each of them; with `through`, only
+    `below[p]` for the positions in `through`."""
+    mask = 0
+    for position in positions:
+        mask |= 1 << position | below.get(position, 0)
+    for position in through:
+        mask |= below.get(position, 0)
+    return mask
 
 
 class _StepInfo:
