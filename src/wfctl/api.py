@@ -233,8 +233,9 @@ def prepare(
     origin = source or (record or {}).get("source")
     base_dir = str(Path(origin).parent) if origin else os.getcwd()
     resolve(definition.get("secrets"), base=Path(base_dir))  # a missing secret: exit 2, nothing written
+    model = build_workflow(definition)
     if record is None:
-        record, _ = registry.register(definition, source=source, update=True)
+        record, _ = registry.register(definition, source=source, update=True, workflow=model)
 
     execution_id = new_id("exec")
     exec_dir = store.create_execution_dir(execution_id)
@@ -257,7 +258,7 @@ def prepare(
     )
     document = new_document(
         execution_id=execution_id,
-        workflow=build_workflow(definition),
+        workflow=model,
         workflow_id=record["workflowId"],
         input=run_input,
         priority=priority,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from wfctl.errors import Conflict, UsageError, WorkflowNotFound
-from wfctl.model import build_workflow, now_iso
+from wfctl.model import Workflow, build_workflow, now_iso
 from wfctl.store import Store, is_workflow_id, new_id
 
 WORKFLOW_STATUSES = ("draft", "active")
@@ -84,8 +84,11 @@ class Registry:
             raise WorkflowNotFound(f"no workflow with id or name '{_short(ref)}' (see `wfctl list`).")
         return record
 
-    def register(self, definition: dict, *, source: Path | None, update: bool) -> tuple[dict, bool]:
-        """Store a validated definition. Returns (record, created).
+    def register(
+        self, definition: dict, *, source: Path | None, update: bool, workflow: Workflow | None = None
+    ) -> tuple[dict, bool]:
+        """Store a validated definition (`workflow`: its model, when the caller has it).
+        Returns (record, created).
 
         With `update`, a definition whose name is registered becomes that workflow's
         next version; without it, a taken name is a conflict.
@@ -103,7 +106,7 @@ class Registry:
                 if existing["definition"] == definition:
                     return existing, False
                 existing["definition"] = definition
-                existing["tasksCount"] = build_workflow(definition).count_tasks()
+                existing["tasksCount"] = (workflow or build_workflow(definition)).count_tasks()
                 existing["version"] = int(existing.get("version", 1)) + 1
                 existing["updatedAt"] = now
                 if source is not None:
@@ -118,7 +121,7 @@ class Registry:
                 "createdAt": now,
                 "updatedAt": now,
                 "source": str(source) if source is not None else None,
-                "tasksCount": build_workflow(definition).count_tasks(),
+                "tasksCount": (workflow or build_workflow(definition)).count_tasks(),
                 "definition": definition,
             }
             self.store.save_workflow(record)
