@@ -1,10 +1,11 @@
 """The execution document and how engine events change it.
 
-One reducer, `apply_event`, turns the journal into the execution document of
-design.md §3 (the seed's "Get Execution Status" shape). The runner uses it to keep its
-snapshot, `wfctl execution` and `watch` use it to read a live run from the journal,
-and `resume` uses it to learn which steps already completed. `build_trace` turns a
-finished document into the seed 000 trace.
+One reducer, `ExecutionState.apply`, turns the journal (the events of events.py) into
+the execution document of design.md §3 (the seed's "Get Execution Status" shape). The
+runner uses it to keep its snapshot, `wfctl execution` and `watch` use it to read a live
+run from the journal, and `resume` uses it to learn which steps already completed.
+`new_document` makes the pending document from the model (a step with `depends` shows
+`dependsOn`); `build_trace` turns a finished document into the seed 000 trace.
 """
 
 from __future__ import annotations

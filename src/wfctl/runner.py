@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from wfctl import events, faults
 from wfctl.errors import Conflict, StoreError
 from wfctl.executors import Executor, open_executor
+from wfctl.model import TERMINAL
 from wfctl.record import ExecutionState, build_trace
 from wfctl.store import FileLock, Store, open_append
 
@@ -371,7 +372,7 @@ def _run_with(
         if engine.escalated:
             escalation = state.document.get("escalation") or {}
             deliver("escalated", escalation.get("step"), failure)
-        if status in ("completed", "failed", "cancelled", "timed_out"):
+        if status in TERMINAL:
             deliver(status, (failure or {}).get("step"), failure)
     finally:
         watcher.stop()
