@@ -281,6 +281,46 @@ def test_retry_of_a_failed_graph_step_reruns_it_and_its_downstream_only(lab):
     assert lab.lines("count-a") == ["1", "2"] and lab.lines("count-fetch") == ["1"]
 
 
+def test_pause_holds_a_graph_between_steps_and_resume_continues_it(lab):
+    path = workflow(lab, "pause-graph", [
+        {"id": "a", "depends": [], "run": lab.hold("a")},
+        {"id": "b", "depends": [], "run": lab.hold("b")},
+        {"id": "join", "depends": ["a", "b"], "run": lab.count("join")},
+    ], maxConcurrency=2)
+    execution_id = detach(path)
+    lab.wait_started("a")
+    lab.wait_started("b")
+    pauser = lab.spawn("pause", execution_id)
+    wait_for((execution_dir(execution_id) / "pause.json").exists, what="the pause request")
+    lab.go("a")
+    lab.go("b")  # both running steps finish; the join does not start
+    document = wait_status(execution_id, "paused")
+    assert pauser.wait(timeout=WAIT) == 0
+    assert [step_record(document, key)["status"] for key in ("a", "b", "join")] == ["completed", "completed", "pending"]
+    assert lab.lines("count-join") == []
+    wfctl("resume", execution_id)
+    wait_status(execution_id, "completed")
+    assert lab.lines("count-join") == ["1"]
+
+
+def test_cancel_stops_every_running_step_of_a_graph(lab):
+    path = workflow(lab, "cancel-graph", [
+        {"id": "a", "depends": [], "run": f"{lab.record('a')}; {lab.hold('a')}"},
+        {"id": "b", "depends": [], "run": f"{lab.record('b')}; {lab.hold('b')}"},
+        {"id": "join", "depends": ["a", "b"], "run": lab.count("join")},
+    ], maxConcurrency=2)
+    execution_id = detach(path)
+    lab.wait_started("a")
+    lab.wait_started("b")
+    pids = [lab.pid("a"), lab.pid("b")]
+    document = wfctl_json("cancel", execution_id, "--reason", "enough")
+    assert document["status"] == "cancelled" and document["cancelReason"] == "enough"
+    assert [step_record(document, key)["status"] for key in ("a", "b", "join")] == ["cancelled", "cancelled", "pending"]
+    for pid in pids:
+        wait_for(lambda pid=pid: not pid_alive(pid), what=f"step process {pid} to be terminated")
+    assert lab.lines("count-join") == []
+
+
 # -- what people see -----------------------------------------------------------------------
 def test_pending_steps_show_what_they_wait_for(lab):
     path = lab.workflow(f"""\
