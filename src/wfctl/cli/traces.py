@@ -11,7 +11,7 @@ from wfctl.cli.output import emit_json, say, stdout_console
 
 
 def traces(
-    workflow: Annotated[str, typer.Argument(metavar="WF", help="A workflow id or exact name.")],
+    workflow: Annotated[str, typer.Argument(metavar="WF", help="A workflow id or exact name (a deleted workflow's too).")],
     page: Annotated[int, typer.Option(help="Page number, from 1.")] = 1,
     size: Annotated[Optional[int], typer.Option(help="Traces per page (default 50, at most 100).")] = None,
     json: Json = False,
@@ -36,8 +36,8 @@ def traces(
 
 
 def trace(
-    workflow: Annotated[str, typer.Argument(metavar="WF", help="A workflow id or exact name.")],
-    trace_id: Annotated[str, typer.Argument(metavar="TRACE", help="A trace id (the execution id of the run).")],
+    workflow: Annotated[str, typer.Argument(metavar="WF", help="A workflow id or exact name (a deleted workflow's too).")],
+    trace_id: Annotated[str, typer.Argument(metavar="TRACE", help="A trace id (the execution id of the run) or the trace's uuid.")],
     json: Json = False,
 ) -> None:
     """Show one full trace: input, result, and every stage with its status and duration."""
