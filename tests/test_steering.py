@@ -261,3 +261,26 @@ def test_pause_wait_from_an_in_process_step_of_its_own_runner_returns(lab):
     assert runner.returncode == 0
     assert json.loads(out)["status"] == "completed"
     assert lab.lines("count-after") == ["1"]
+
+
+def test_a_pause_before_the_runner_picks_the_run_up_holds_its_first_step(lab):
+    from wfctl import api
+
+    path = lab.workflow(f"""\
+        name: paused-early
+        steps:
+          - id: only
+            run: {lab.count('only')}
+    """)
+    execution_id = api.prepare(str(path))
+    result = wfctl("pause", execution_id)
+    assert PAUSE_REQUESTED in result.stderr
+    runner = lab.spawn("_run", execution_id)  # what `execute --detach` starts in the background
+    document = wait_status(execution_id, "paused")
+    assert document["steps"][0]["status"] == "pending"
+    assert holds_for(lambda: not lab.path("count-only").exists(), seconds=0.5)
+    wfctl("resume", execution_id)
+    runner.communicate(timeout=WAIT)
+    assert runner.returncode == 0
+    assert status_of(execution_id) == "completed"
+    assert lab.lines("count-only") == ["1"]
