@@ -659,12 +659,13 @@ def cancel(execution_id: str, reason: str | None = None, *, wait: float = 30.0) 
     _await_cancel(store, execution_id, reason, wait)
     document = get_execution(execution_id)
     status = document.get("status")
-    if status in FINISHED and not runner_alive(store, execution_id):
-        control.withdraw_cancel(request)  # left unapplied: nobody will ever read it now
-        if status != "cancelled":
-            raise Conflict(f"execution {execution_id} {status} before the cancel could take effect.")
+    if status == "cancelled" or (status in FINISHED and not runner_alive(store, execution_id)):
+        control.withdraw_cancel(request)  # answered, or left unapplied: no run may inherit it
+    if status == "cancelled":
         return document
-    return {**document, "cancelRequested": True}
+    if status in FINISHED and not runner_alive(store, execution_id):
+        raise Conflict(f"execution {execution_id} {status} before the cancel could take effect.")
+    return {**document, "cancelRequested": True}  # still being stopped: its runner applies the request
 
 
 def _await_cancel(store: Store, execution_id: str, reason: str | None, wait: float) -> None:
