@@ -411,8 +411,6 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
         if timer is not None:
             timer.cancel()
         recorder.close()
-    if not recorder.broken:
-        settle_requests(control, state.document)
     if recorder.broken:
         if state.document.get("status") == "completed":
             outcome = "the execution completed, but its record could not be made durable"
@@ -425,6 +423,7 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
         except (OSError, StoreError):
             pass  # the disk that failed the journal may fail this too; the error below says so
         raise StoreError(f"{recorder.broken}; {outcome}. What was recorded stays readable; `wfctl resume` continues it.")
+    settle_requests(control, state.document)  # only now: what they asked for is on disk
     write_trace(store, state.document, definition)
     return state.document
 
