@@ -535,7 +535,7 @@ def list_executions(*, workflow: str | None = None, status: str | None = None, l
 
 
 def summary(document: dict) -> dict:
-    return {
+    element = {
         "executionId": document["executionId"],
         "workflowId": document.get("workflowId"),
         "workflowName": document.get("workflowName"),
@@ -545,6 +545,9 @@ def summary(document: dict) -> dict:
         "startedAt": document.get("startedAt"),
         "completedAt": document.get("completedAt"),
     }
+    if document.get("dryRun"):
+        element["dryRun"] = True
+    return element
 
 
 def logs(execution_id: str, step: str | None = None, *, raw: bool = False) -> dict:
@@ -778,9 +781,10 @@ def traces(workflow: str, *, page: int = 1, size: int | None = None) -> dict:
             trace = store.trace_summary(workflow_id, trace_id)
         except Exception:  # a trace removed meanwhile is left out
             continue
-        elements.append(
-            {key: trace.get(key) for key in ("id", "workflow_id", "uuid", "run_date", "status")}
-        )
+        element = {key: trace.get(key) for key in ("id", "workflow_id", "uuid", "run_date", "status")}
+        if trace.get("dryRun"):
+            element["dryRun"] = True
+        elements.append(element)
     return paginate("WorkflowTrace", elements, page=page, size=size, default_size=50)
 
 

@@ -46,16 +46,21 @@ class Policy:
         return False
 
 
+# Fields that only make sense for retries: a policy that sets any of them (and no
+# strategy) asks for retries, so it gets `strategy: retry` rather than being ignored.
+RETRY_FIELDS = ("maxRetries", "backoff", "delay", "maxDelay", "jitter", "retryOn", "maxDuration")
+
+
 def policy_for(workflow_policy: dict | None, step_policy: dict | None) -> Policy:
     """The step's policy: its own errorHandling over the workflow's, field by field."""
     merged = dict(workflow_policy or {})
     merged.update(step_policy or {})
-    strategy = merged.get("strategy", "fail")
-    default_retries = DEFAULT_MAX_RETRIES if strategy == "retry" else 0
+    max_retries = _max_retries(merged, step_policy or {})
+    strategy = merged.get("strategy") or ("retry" if max_retries > 0 else "fail")
     retry_on = merged.get("retryOn")
     return Policy(
         strategy=strategy,
-        max_retries=int(merged.get("maxRetries", default_retries)),
+        max_retries=max_retries,
         backoff=merged.get("backoff", "exponential"),
         delay=float(merged.get("delay", DEFAULT_DELAY)),
         max_delay=float(merged.get("maxDelay", DEFAULT_MAX_DELAY)),
@@ -67,6 +72,25 @@ def policy_for(workflow_policy: dict | None, step_policy: dict | None) -> Policy
         notify_on_error=bool(merged.get("notifyOnError", False)),
         fallback=merged.get("fallback") if isinstance(merged.get("fallback"), dict) else None,
     )
+
+
+def _max_retries(merged: dict, step_policy: dict) -> int:
+    """How many retries follow a failed first attempt.
+
+    `maxRetries` says it whatever the strategy (the strategy says what happens after
+    the last attempt). Without it: `retry` means DEFAULT_MAX_RETRIES, and so does a
+    policy with no strategy that sets another retry field (backoff, delay, retryOn...).
+    A step's own `strategy: fail` (without its own maxRetries) turns off the retries
+    it would inherit from the workflow.
+    """
+    if step_policy.get("strategy") == "fail" and "maxRetries" not in step_policy:
+        return 0
+    if "maxRetries" in merged:
+        return int(merged["maxRetries"])
+    strategy = merged.get("strategy")
+    if strategy == "retry" or (strategy is None and any(field in merged for field in RETRY_FIELDS)):
+        return DEFAULT_MAX_RETRIES
+    return 0
 
 
 def backoff_delay(policy: Policy, retry: int, rng: random.Random | None = None) -> float:

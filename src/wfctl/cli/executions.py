@@ -302,7 +302,7 @@ def executions(
         table.add_row(
             element["executionId"],
             element.get("workflowName") or "",
-            element.get("status") or "",
+            (element.get("status") or "") + (" (dry run)" if element.get("dryRun") else ""),
             f"{progress.get('completed', 0)}/{progress.get('total', 0)}",
             (element.get("startedAt") or "")[:19],
         )

@@ -1,0 +1,317 @@
+"""Issue 11, engine semantics and the live view, end to end through the installed `wfctl`:
+
+- 20: retry fields without a strategy retry; maxDuration stops retrying instead of
+  trimming the last wait;
+- 24: the live table (execute and watch, on a real terminal) shows every event within
+  its refresh interval, and its clocks tick while steps run;
+- 25: dry runs are left out of estimates and marked in traces and executions; a dry
+  run's conditions and loops never decide on echoed outputs;
+- 26: every way a run can end records what happened (a timeout during a retry wait,
+  during a pause, a cancel during a backoff or while paused); `currentStep` is the
+  top-level step and `currentSteps` lists every running step instance.
+
+Steps hold on files (`Lab`), the test polls with bounds; nothing waits by sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+import pytest
+
+from helpers import records
+from lifecycle_helpers import (
+    detach,
+    execution_dir,
+    lab_in,
+    step_record,
+    wait_for,
+    wait_status,
+    wfctl,
+    wfctl_json,
+)
+
+
+@pytest.fixture
+def lab(tmp_path):
+    yield from lab_in(tmp_path)
+
+
+def at(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+# -- 20: retries without a strategy; maxDuration ------------------------------------------------
+def test_max_retries_without_a_strategy_retries_at_workflow_and_step_level(lab):
+    # Each step fails twice, then succeeds: with two retries it completes on attempt 3.
+    flaky = "{count}; [ $(wc -l < {file}) -ge 3 ]"
+    path = lab.workflow(f"""\
+        name: retries-without-strategy
+        errorHandling: {{delay: 0}}
+        steps:
+          - id: own
+            run: {flaky.format(count=lab.count('own'), file=lab.q('count-own'))}
+            errorHandling: {{maxRetries: 2}}
+          - id: inherited
+            run: {flaky.format(count=lab.count('inherited'), file=lab.q('count-inherited'))}
+    """)
+    document = wfctl_json("execute", path)
+    assert document["status"] == "completed"
+    steps = records(document)
+    assert [a["status"] for a in steps["own"]["attempts"]] == ["failed", "failed", "completed"]
+    # `delay` alone at the workflow level asks for retries: the default three.
+    assert [a["status"] for a in steps["inherited"]["attempts"]] == ["failed", "failed", "completed"]
+    assert lab.lines("count-own") == ["1", "2", "3"]
+
+
+def test_max_duration_stops_retrying_when_the_next_wait_would_end_past_it(lab):
+    path = lab.workflow(f"""\
+        name: max-duration
+        steps:
+          - id: slow-to-fail
+            run: {lab.count('slow')}; echo "upstream down" >&2; exit 1
+            errorHandling: {{maxRetries: 5, backoff: fixed, delay: 30, maxDuration: 2}}
+    """)
+    began = time.monotonic()
+    document = wfctl_json("execute", path, code=1)
+    assert time.monotonic() - began < 20  # no 30 s wait, not even one trimmed to 2 s
+    record = step_record(document, "slow-to-fail")
+    assert len(record["attempts"]) == 1 and lab.lines("count-slow") == ["1"]
+    assert "upstream down" in record["error"]["message"]  # the step fails with its last error
+    assert "maxDuration (2s)" in record["retryStopped"] and "retry 1" in record["retryStopped"]
+    assert "upstream down" in document["error"]["message"]
+    trace = wfctl_json("trace", "max-duration", document["executionId"])
+    assert "maxDuration" in trace["response"]["stages"][0]["retryStopped"]
+
+
+# -- 26: every end says what happened --------------------------------------------------------
+def test_a_timeout_during_a_retry_wait_says_which_wait_of_which_step(lab):
+    path = lab.workflow(f"""\
+        name: timeout-in-backoff
+        timeout: 1
+        steps:
+          - id: keeps-failing
+            run: {lab.count('fails')}; exit 1
+            errorHandling: {{strategy: retry, maxRetries: 5, delay: 30}}
+    """)
+    document = wfctl_json("execute", path, code=5)
+    assert document["status"] == "timed_out"
+    error = document["error"]
+    assert error is not None and error["kind"] == "timeout" and error["step"] == "keeps-failing"
+    assert "the workflow timed out after 1s during the wait before retry 1 (attempt 2) of step 'keeps-failing'" in error["message"]
+    record = step_record(document, "keeps-failing")
+    assert record["status"] == "failed" and record["error"]["kind"] == "timeout"
+    assert len(record["attempts"]) == 1 and lab.lines("count-fails") == ["1"]
+    again = wfctl_json("execution", document["executionId"])
+    assert again["error"] == error
+    text = wfctl("execution", document["executionId"]).stdout
+    assert "during the wait before retry 1" in text
+
+
+def test_a_timeout_of_a_step_whose_policy_is_continue_is_still_the_runs_error(lab):
+    path = lab.workflow(f"""\
+        name: timeout-continue
+        timeout: 1
+        steps:
+          - id: long
+            run: {lab.hold('long')}
+            errorHandling: {{strategy: continue}}
+          - id: after
+            run: {lab.count('after')}
+    """)
+    document = wfctl_json("execute", path, code=5)
+    assert document["error"]["kind"] == "timeout" and document["error"]["step"] == "long"
+    assert "while step 'long' was running" in document["error"]["message"]
+    assert not lab.path("count-after").exists()  # a timeout is not a failure to go past
+
+
+def pause_after_first(lab, execution_id: str) -> None:
+    """Pause while `first` runs (held), let it finish, and wait until the run is paused."""
+    lab.wait_started("first")
+    lab.spawn("pause", execution_id)
+    wait_for((execution_dir(execution_id) / "pause.json").exists, what="the pause request")
+    lab.go("first")
+    wait_status(execution_id, "paused")
+
+
+def test_a_timeout_while_paused_says_it_was_paused_before_which_step(lab):
+    # The workflow's 10 s leave room to reach the pause on a busy machine; the paused
+    # run then times out without anything else happening.
+    path = lab.workflow(f"""\
+        name: timeout-while-paused
+        timeout: 10
+        steps:
+          - id: first
+            run: {lab.hold('first')}
+          - id: second
+            run: {lab.count('second')}
+    """)
+    execution_id = detach(path)
+    pause_after_first(lab, execution_id)
+    document = wait_status(execution_id, "timed_out", timeout=40)
+    assert document["error"]["kind"] == "timeout" and document["error"]["step"] == "second"
+    assert "timed out after 10s while paused, before step 'second' started" in document["error"]["message"]
+    assert not lab.path("count-second").exists()
+
+
+def test_a_cancel_without_a_reason_while_paused_records_what_happened(lab):
+    path = lab.workflow(f"""\
+        name: cancel-while-paused
+        steps:
+          - id: first
+            run: {lab.hold('first')}
+          - id: second
+            run: {lab.count('second')}
+    """)
+    execution_id = detach(path)
+    pause_after_first(lab, execution_id)
+    wfctl("cancel", execution_id)
+    document = wait_status(execution_id, "cancelled")
+    assert document["cancelReason"] == "cancelled while paused, before step 'second' started"
+    assert not lab.path("count-second").exists()
+
+
+def test_a_cancel_during_a_backoff_cancels_the_step_and_says_which_wait(lab):
+    path = lab.workflow(f"""\
+        name: cancel-in-backoff
+        steps:
+          - id: flaky
+            run: {lab.count('flaky')}; exit 1
+            errorHandling: {{maxRetries: 3, delay: 60}}
+    """)
+    execution_id = detach(path)
+
+    def waiting() -> bool:
+        attempts = step_record(wfctl_json("execution", execution_id), "flaky").get("attempts") or []
+        return bool(attempts) and attempts[0].get("retryIn") == 60
+
+    wait_for(waiting, what="the first attempt to fail and the 60 s wait to begin")
+    began = time.monotonic()
+    wfctl("cancel", execution_id)
+    document = wait_status(execution_id, "cancelled")
+    assert time.monotonic() - began < 20
+    assert document["cancelReason"] == "cancelled during the wait before retry 1 (attempt 2) of step 'flaky'"
+    record = step_record(document, "flaky")
+    assert record["status"] == "cancelled"  # not failed: it was stopped, it did not fail again
+    assert "during the wait before retry 1" in record["error"]["message"]
+    assert lab.lines("count-flaky") == ["1"]
+    # A reason given on the command line is kept as it is.
+    execution_id = detach(path)
+    wait_for(waiting, what="the wait of the second run")
+    wfctl("cancel", execution_id, "--reason", "upstream is down for the day")
+    assert wait_status(execution_id, "cancelled")["cancelReason"] == "upstream is down for the day"
+
+
+# -- 26: currentStep and currentSteps -----------------------------------------------------------
+def test_current_step_is_the_top_level_step_and_current_steps_lists_what_runs(lab):
+    path = lab.workflow(f"""\
+        name: current-steps
+        steps:
+          - id: checks
+            type: parallel
+            steps:
+              - id: lint
+                run: {lab.hold('lint')}
+              - id: unit
+                run: {lab.hold('unit')}
+          - id: each
+            type: loop
+            items: [a, b]
+            step:
+              id: visit
+              run: {lab.hold('visit')}
+    """)
+    execution_id = detach(path)
+    lab.wait_started("lint")
+    lab.wait_started("unit")
+    document = wfctl_json("execution", execution_id)
+    assert document["currentStep"] == "checks"
+    assert sorted(document["currentSteps"]) == ["checks", "lint", "unit"]
+    lab.go("lint")
+    document = wait_for(lambda: (d := wfctl_json("execution", execution_id))["currentSteps"] == ["checks", "unit"] and d,
+                        what="lint to end")
+    assert document["currentStep"] == "checks"
+    lab.go("unit")
+    lab.wait_started("visit")
+    document = wfctl_json("execution", execution_id)
+    assert document["currentStep"] == "each"
+    assert document["currentSteps"] == ["each", "visit[0]"]
+    lab.go("visit")
+    document = wait_status(execution_id, "completed")
+    assert document["currentStep"] is None and document["currentSteps"] == []
+
+
+# -- 25: dry runs ---------------------------------------------------------------------------------
+def test_dry_runs_are_left_out_of_estimates_and_marked_in_traces_and_executions(lab):
+    path = lab.workflow("""\
+        name: estimated
+        steps:
+          - id: work
+            run: sleep 1.5
+    """)
+    real = wfctl_json("execute", path)
+    dry = [wfctl_json("execute", path, "--dry-run") for _ in range(3)]
+    assert all(d["dryRun"] is True for d in dry)
+    later = wfctl_json("execute", path)
+    # From the real run alone: 1.5 s or more after the start (the dry runs took ~0 s).
+    assert at(later["estimatedCompletion"]) - at(later["startedAt"]) >= 1.4
+
+    listed = wfctl_json("traces", "estimated")["elements"]
+    marked = {element["id"]: element.get("dryRun") for element in listed}
+    assert marked == {real["executionId"]: None, later["executionId"]: None,
+                      **{d["executionId"]: True for d in dry}}
+    assert wfctl_json("trace", "estimated", dry[0]["executionId"])["dryRun"] is True
+    assert "dryRun" not in wfctl_json("trace", "estimated", real["executionId"])
+    executions = {e["executionId"]: e.get("dryRun") for e in wfctl_json("executions")["elements"]}
+    assert executions[dry[1]["executionId"]] is True and executions[real["executionId"]] is None
+    assert "(dry run)" in wfctl("traces", "estimated").stdout
+
+
+def test_a_dry_run_never_decides_on_an_echoed_output(lab, tmp_path):
+    path = lab.workflow("""\
+        name: dry-decisions
+        inputs:
+          target: {type: string, default: staging}
+        steps:
+          - id: build
+            run: |
+              echo '{"task": "ship", "files": ["a", "b", "c"]}'
+            output: build
+          - id: on-echo
+            type: conditional
+            condition: build.task == "ship"
+            then: {id: shipped, run: echo yes}
+            else: {id: not-shipped, run: echo no}
+          - id: on-status
+            type: conditional
+            condition: steps.build.status == "completed"
+            then: {id: built, run: echo yes}
+          - id: on-input
+            type: conditional
+            condition: input.target == "production"
+            then: {id: to-production, run: echo prod}
+            else: {id: to-staging, run: echo staging}
+          - id: each-file
+            type: loop
+            items: build.files
+            step:
+              id: per-file
+              type: conditional
+              condition: item == "a"
+              then: {id: first-file, run: echo a}
+    """)
+    document = wfctl_json("execute", path, "--dry-run")
+    assert document["status"] == "completed"
+    steps = records(document)
+    # echo made `build` up ({task, input}): a real-looking false from it would show the
+    # else branch; the dry run follows `then` and says it cannot decide.
+    assert steps["on-echo"]["branch"] == "then" and "build" in steps["on-echo"]["undecided"]
+    assert steps["not-shipped"]["status"] == "skipped"
+    assert steps["on-status"]["branch"] == "then" and "steps" in steps["on-status"]["undecided"]
+    # What --input says is real: decided, no marker.
+    assert steps["on-input"]["branch"] == "else" and "undecided" not in steps["on-input"]
+    # A loop over echoed items shows its body once, and what reads `item` is undecided.
+    assert "build" in steps["each-file"]["undecided"]
+    assert [r["id"] for r in steps["each-file"]["steps"]] == ["per-file[0]"]
+    assert "item" in steps["per-file[0]"]["undecided"]
