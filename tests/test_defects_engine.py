@@ -31,6 +31,7 @@ from lifecycle_helpers import (
     wfctl,
     wfctl_json,
 )
+from terminal import Terminal, row_of, shown_seconds
 
 
 @pytest.fixture
@@ -315,3 +316,96 @@ def test_a_dry_run_never_decides_on_an_echoed_output(lab, tmp_path):
     assert "build" in steps["each-file"]["undecided"]
     assert [r["id"] for r in steps["each-file"]["steps"]] == ["per-file[0]"]
     assert "item" in steps["per-file[0]"]["undecided"]
+
+
+# -- 24: the live table on a real terminal --------------------------------------------------------
+LIVE = 10.0  # bound for what the screen must show; every held step waits 20 s for its go
+
+
+def wait_screen(term: Terminal, predicate, what: str):
+    """Poll the drawn screen until `predicate(screen)` holds; returns its value."""
+    try:
+        return wait_for(lambda: predicate(term.screen_text()), timeout=LIVE, interval=0.05, what=what)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n--- screen ---\n{term.screen_text()}") from None
+
+
+def running_time(screen: str, step: str) -> float | None:
+    row = row_of(screen, step)
+    if row is None or "running" not in row:
+        return None
+    return shown_seconds(row.split("running", 1)[1])
+
+
+def footer_time(screen: str, name: str) -> float | None:
+    footer = [line for line in screen.splitlines() if f"{name} running" in line]
+    if not footer:
+        return None
+    return shown_seconds(footer[-1].split("steps", 1)[-1].split("· running")[0])
+
+
+def assert_clocks_tick(term: Terminal, step: str, workflow: str) -> None:
+    """The running step's time and the footer's elapsed time both move on while
+    nothing happens (no event: the step is held)."""
+    first = wait_screen(term, lambda s: running_time(s, step), f"a time on the running row of {step}")
+    wait_screen(term, lambda s: (running_time(s, step) or 0) >= first + 1.0, f"{step}'s time to tick on")
+    footer = wait_screen(term, lambda s: footer_time(s, workflow), "the footer's elapsed time")
+    wait_screen(term, lambda s: (footer_time(s, workflow) or 0) >= footer + 1.0, "the footer's time to tick on")
+
+
+def test_the_live_table_of_execute_shows_each_event_and_ticks_while_a_step_runs(lab):
+    # `quick` ends and `held` starts within a few milliseconds: both must show.
+    path = lab.workflow(f"""\
+        name: live-execute
+        steps:
+          - id: quick
+            run: "true"
+          - id: held
+            run: {lab.hold('held')}
+          - id: last
+            run: "true"
+    """)
+    term = Terminal(["wfctl", "execute", str(path)])
+    try:
+        lab.wait_started("held")
+        screen = wait_screen(term, lambda s: "running" in (row_of(s, "held") or "") and s, "held to show as running")
+        assert "completed" in row_of(screen, "quick")
+        assert "pending" in row_of(screen, "last")
+        assert_clocks_tick(term, "held", "live-execute")
+        assert "running held" in term.screen_text()  # the footer names what runs (currentSteps)
+        lab.go("held")
+        assert term.wait(timeout=30) == 0
+        final = term.screen_text()
+        for step in ("quick", "held", "last"):
+            assert "completed" in row_of(final, step), final
+        assert "live-execute completed 3/3 steps" in final
+    finally:
+        term.stop()
+
+
+def test_watch_shows_a_step_that_starts_right_after_another_ends_and_ticks(lab):
+    path = lab.workflow(f"""\
+        name: live-watch
+        steps:
+          - id: first
+            run: {lab.hold('first')}
+          - id: second
+            run: {lab.hold('second')}
+    """)
+    execution_id = detach(path)
+    lab.wait_started("first")
+    term = Terminal(["wfctl", "watch", execution_id])
+    try:
+        wait_screen(term, lambda s: "running" in (row_of(s, "first") or ""), "first to show as running")
+        assert_clocks_tick(term, "first", "live-watch")
+        # `first` ends and `second` starts at once: watch reads both events in one go.
+        lab.go("first")
+        lab.wait_started("second")
+        screen = wait_screen(term, lambda s: "running" in (row_of(s, "second") or "") and s, "second to show as running")
+        assert "completed" in row_of(screen, "first")
+        assert_clocks_tick(term, "second", "live-watch")
+        lab.go("second")
+        assert term.wait(timeout=30) == 0
+        assert "live-watch completed 2/2 steps" in term.screen_text()
+    finally:
+        term.stop()
