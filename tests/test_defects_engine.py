@@ -21,6 +21,7 @@ from datetime import datetime
 import pytest
 
 from helpers import records
+from wfctl.engine import Engine, Settings
 from lifecycle_helpers import (
     detach,
     execution_dir,
@@ -107,7 +108,27 @@ def test_a_timeout_during_a_retry_wait_says_which_wait_of_which_step(lab):
     again = wfctl_json("execution", document["executionId"])
     assert again["error"] == error
     text = wfctl("execution", document["executionId"]).stdout
-    assert "during the wait before retry 1" in text
+    assert "error at keeps-failing: the workflow timed out after 1s during the wait before retry 1" in text
+    # Without --json the closing line says it too.
+    result = wfctl("execute", path, code=5)
+    assert "timed_out · 0/1 steps · keeps-failing: the workflow timed out after 1s during the wait" in result.stderr
+
+
+def test_a_timeout_before_any_step_started_says_so(tmp_path):
+    # In-process: the runner's timer can only win this race by chance, so the engine
+    # is cancelled the way the timer does it before it runs.
+    (tmp_path / "logs").mkdir()
+    settings = Settings(execution_id="exec_0000test0000", workflow_id="wf_0000test0000",
+                        log_dir=tmp_path / "logs", agents={}, teams={})
+    events: list[dict] = []
+    engine = Engine({"name": "late", "steps": [{"id": "only", "run": "true"}]}, settings, events.append)
+    engine.cancel("the workflow timed out after 0.001s", status="timed_out")
+    status, error = engine.run({})
+    assert status == "timed_out"
+    assert error == {"kind": "timeout", "message": "the workflow timed out after 0.001s before any step started."}
+    finished = events[-1]
+    assert finished["error"] == error and finished["reason"] == "the workflow timed out after 0.001s"
+    assert not [e for e in events if e["type"] == "step.started"]
 
 
 def test_a_timeout_of_a_step_whose_policy_is_continue_is_still_the_runs_error(lab):

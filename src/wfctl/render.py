@@ -204,12 +204,21 @@ def event_line(event: dict) -> str | None:
         return f"{at} {event['step']} attempt {event['attempt']} failed: {message}; retrying in {event.get('retryIn')}s"
     if kind == "execution.finished":
         line = f"{at} execution {event['status']}"
-        if event.get("error"):
-            line += f" at {event['error'].get('step')}: {event['error'].get('message')}"
-        if event.get("reason"):
-            line += f" ({event['reason']})"
+        error = event.get("error")
+        if error:
+            line += error_text(error, " at ")
+        reason = event.get("reason")
+        if reason and not (error and str(error.get("message") or "").startswith(reason)):
+            line += f" ({reason})"
         return line
     return None
+
+
+def error_text(error: dict, before_step: str) -> str:
+    """`<before_step>STEP: MESSAGE`, or `: MESSAGE` for an error of no one step (a
+    timeout before any step started)."""
+    step = error.get("step")
+    return (f"{before_step}{step}" if step else "") + f": {error.get('message')}"
 
 
 def summary_text(document: dict) -> str:
@@ -221,6 +230,9 @@ def summary_text(document: dict) -> str:
         f"{progress.get('completed', 0)}/{progress.get('total', 0)} steps"
     )
     error = document.get("error")
-    if status == "failed" and error:
-        text += f" · {error.get('step')}: {error.get('message')}"
+    if status in ("failed", "timed_out") and error:
+        where = f"{error['step']}: " if error.get("step") else ""
+        text += f" · {where}{error.get('message')}"
+    elif status in ("cancelled", "interrupted") and document.get("cancelReason"):
+        text += f" · {document['cancelReason']}"
     return text
