@@ -275,6 +275,7 @@ def test_dry_runs_are_left_out_of_estimates_and_marked_in_traces_and_executions(
     real = wfctl_json("execute", path)
     dry = [wfctl_json("execute", path, "--dry-run") for _ in range(3)]
     assert all(d["dryRun"] is True for d in dry)
+    assert all(d["estimatedCompletion"] is None for d in dry)  # echo steps take no time: no estimate
     later = wfctl_json("execute", path)
     # From the real run alone: 1.5 s or more after the start (the dry runs took ~0 s).
     assert at(later["estimatedCompletion"]) - at(later["startedAt"]) >= 1.4

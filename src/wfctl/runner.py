@@ -352,7 +352,8 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
     control.clear_cancel()  # a cancel request belongs to the run it was made for
     watcher = Watcher(control, engine, recorder)
     started: dict[str, Any] = {}
-    estimate = estimate_duration(store, workflow_id)
+    # A dry run takes no time of its own: an estimate from real runs would only mislead.
+    estimate = None if options.dry_run else estimate_duration(store, workflow_id)
     if estimate is not None:
         # The start and the estimate are taken at one instant, to the millisecond: an
         # estimate can never come before the start it is counted from.
