@@ -15,6 +15,7 @@ Steps hold on files (`Lab`), the test polls with bounds; nothing waits by sleepi
 
 from __future__ import annotations
 
+import signal
 import time
 from datetime import datetime
 
@@ -223,6 +224,36 @@ def test_a_cancel_during_a_backoff_cancels_the_step_and_says_which_wait(lab):
     wait_for(waiting, what="the wait of the second run")
     wfctl("cancel", execution_id, "--reason", "upstream is down for the day")
     assert wait_status(execution_id, "cancelled")["cancelReason"] == "upstream is down for the day"
+
+
+def test_ctrl_c_during_a_backoff_says_which_wait_and_resume_goes_on(lab):
+    # Fails the first time only; the 60 s wait is cut short by Ctrl-C.
+    path = lab.workflow(f"""\
+        name: interrupt-in-backoff
+        steps:
+          - id: flaky
+            run: {lab.record('flaky')}; [ -e {lab.q('fixed')} ]
+            errorHandling: {{maxRetries: 2, delay: 60}}
+    """)
+    runner = lab.spawn("execute", path, "-q")
+    execution_id = lab.execution_id("flaky")
+
+    def waiting() -> bool:
+        attempts = step_record(wfctl_json("execution", execution_id), "flaky").get("attempts") or []
+        return bool(attempts) and attempts[0].get("retryIn") == 60
+
+    wait_for(waiting, what="the 60 s wait before retry 1")
+    runner.send_signal(signal.SIGINT)
+    _, err = runner.communicate(timeout=20)
+    assert runner.returncode == 130, err
+    document = wfctl_json("execution", execution_id)
+    assert document["status"] == "interrupted" and document["cancelReason"] == "interrupted by Ctrl-C"
+    record = step_record(document, "flaky")
+    assert record["status"] == "cancelled"
+    assert record["error"]["message"] == "interrupted by Ctrl-C during the wait before retry 1 (attempt 2) of step 'flaky'."
+    lab.path("fixed").touch()
+    assert wfctl_json("resume", execution_id)["status"] == "completed"
+    assert lab.lines("attempts-flaky") == ["1", "2"]  # resume runs the awaited attempt
 
 
 # -- 26: currentStep and currentSteps -----------------------------------------------------------

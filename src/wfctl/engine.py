@@ -135,12 +135,16 @@ class Engine:
 
     def _moment(self) -> tuple[str, str | None]:
         """What the run is doing right now, as words that follow "cancelled" or "the
-        workflow timed out after 5s", and the key of the step concerned."""
-        with self._active_lock:
-            waits = list(self._waiting.items())
-            running = list(self._in_flight)
-            held = self._held_at
-            began = self._began
+        workflow timed out after 5s", and the key of the step concerned.
+
+        No lock: cancel() also runs in the Ctrl-C handler, on the engine's own thread,
+        which may hold _active_lock at that moment. Copying a dict is one step for the
+        interpreter, so another thread cannot change it halfway.
+        """
+        waits = list(self._waiting.items())
+        running = list(self._in_flight)
+        held = self._held_at
+        began = self._began
         if waits:
             return "during " + "; ".join(label for _key, label in waits), waits[0][0]
         if running:
@@ -213,6 +217,8 @@ class Engine:
     def _stop_error(self) -> dict:
         """The execution's error when a cancel (a timeout, a record that cannot be
         written) ended it and no step failure says why."""
+        if not self.cancelled:  # every failure records its own error; kept as a guard
+            return {"kind": "error", "message": "the execution failed."}
         where, key = self._stopped_at
         reason = self.cancel_reason or self.cancel_status
         error: dict[str, Any] = {"kind": "timeout" if self.cancel_status == "timed_out" else "error"}
@@ -722,9 +728,9 @@ class Engine:
         if isinstance(condition, bool):
             chosen = condition
         else:
-            expression = parse(str(condition))
-            echoed = self._echoed_name(expression, frame)
             try:
+                expression = parse(str(condition))
+                echoed = self._echoed_name(expression, frame)
                 if echoed is not None:
                     # A dry run cannot decide on what echo made up: a true or false
                     # from it would show a path a real run may never take.

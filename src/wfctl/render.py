@@ -83,8 +83,8 @@ def seconds_between(start: Any, end: Any) -> float | None:
     if not isinstance(start, str):
         return None
     try:
-        began = datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp()
-        ended = end if isinstance(end, (int, float)) else datetime.fromisoformat(str(end).replace("Z", "+00:00")).timestamp()
+        began = datetime.fromisoformat(start).timestamp()  # Python 3.11 reads the "Z" itself
+        ended = end if isinstance(end, (int, float)) else datetime.fromisoformat(str(end)).timestamp()
     except ValueError:
         return None
     return max(0.0, ended - began)
