@@ -485,6 +485,61 @@ def test_engine_retries_as_max_retries_says(tmp_path, workflow_policy, step_poli
     assert len(clock.waits) == attempts - 1
 
 
+def test_a_groups_retry_fields_are_the_default_of_the_steps_inside_it(tmp_path):
+    # A parallel, conditional or loop step is never run again itself: its retry
+    # fields go down to the steps inside it, nested groups adding their own.
+    workflow = {
+        "name": "group-retries",
+        "steps": [
+            {"id": "each", "type": "loop", "items": [1, 2], "errorHandling": {"maxRetries": 2, "delay": 1},
+             "step": {"id": "body", "run": "exit 1"}},
+        ],
+    }
+    clock = Clock()
+    engine, events = engine_for(tmp_path, workflow, clock)
+    status, failure = engine.run({})
+    assert status == "failed" and failure["step"] == "body[0]"
+    assert attempt_numbers(events, "body[0]") == [1, 2, 3]
+    assert clock.waits == [1, 2]
+
+    workflow = {
+        "name": "nested-group-retries",
+        "errorHandling": {"backoff": "fixed", "delay": 5, "maxRetries": 0},
+        "steps": [
+            {"id": "checks", "type": "parallel", "errorHandling": {"strategy": "retry", "delay": 2},
+             "steps": [
+                 {"id": "gate", "type": "conditional", "condition": True, "errorHandling": {"maxRetries": 1},
+                  "then": {"id": "inner", "run": "exit 1"}},
+                 {"id": "own", "run": "exit 1", "errorHandling": {"maxRetries": 0}},
+             ]},
+        ],
+    }
+    clock = Clock()
+    engine, events = engine_for(tmp_path, workflow, clock)
+    engine.run({})
+    assert attempt_numbers(events, "inner") == [1, 2]  # the conditional's maxRetries, the parallel's delay
+    assert attempt_numbers(events, "own") == [1]  # a step's own maxRetries wins
+    assert clock.waits == [2]
+
+
+def test_a_groups_continue_still_concerns_the_group_while_its_retries_go_inside(tmp_path):
+    workflow = {
+        "name": "group-continue",
+        "steps": [
+            {"id": "optional", "type": "parallel", "errorHandling": {"strategy": "continue", "maxRetries": 1, "delay": 0},
+             "steps": [{"id": "flaky", "run": "exit 1"}]},
+            {"id": "next", "run": "true"},
+        ],
+    }
+    clock = Clock()
+    engine, events = engine_for(tmp_path, workflow, clock)
+    status, _ = engine.run({})
+    assert status == "completed"
+    assert attempt_numbers(events, "flaky") == [1, 2]
+    [group] = [e for e in events if e["type"] == "step.finished" and e["step"] == "optional"]
+    assert group["status"] == "failed" and group["continued"] is True
+
+
 def test_engine_says_why_a_failure_was_not_retried(tmp_path):
     workflow = {
         "name": "not-retried",

@@ -68,6 +68,31 @@ def test_max_retries_without_a_strategy_retries_at_workflow_and_step_level(lab):
     assert lab.lines("count-own") == ["1", "2", "3"]
 
 
+def test_retry_fields_on_a_loop_or_parallel_step_retry_the_steps_inside_it(lab):
+    path = lab.workflow(f"""\
+        name: group-retries
+        steps:
+          - id: each
+            type: loop
+            items: [a, b]
+            errorHandling: {{maxRetries: 2, delay: 0}}
+            step:
+              id: body
+              run: {lab.count('body-$WFCTL_INDEX')}; [ "$WFCTL_ATTEMPT" -ge 2 ]
+          - id: checks
+            type: parallel
+            errorHandling: {{strategy: retry, delay: 0}}
+            steps:
+              - id: lint
+                run: {lab.count('lint')}; [ "$WFCTL_ATTEMPT" -ge 4 ]
+    """)
+    document = wfctl_json("execute", path)
+    assert document["status"] == "completed"
+    steps = records(document)
+    assert len(steps["body[0]"]["attempts"]) == 2 and len(steps["body[1]"]["attempts"]) == 2
+    assert lab.lines("count-lint") == ["1", "2", "3", "4"]  # strategy retry: the default 3 retries
+
+
 def test_max_duration_stops_retrying_when_the_next_wait_would_end_past_it(lab):
     path = lab.workflow(f"""\
         name: max-duration

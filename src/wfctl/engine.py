@@ -23,7 +23,7 @@ from wfctl import faults
 from wfctl.agents import AttemptContext, Outcome, failure, plain_text, run_agent
 from wfctl.errors import ExpressionError
 from wfctl.record import branch_steps, now_iso, step_type
-from wfctl.retry import Policy, backoff_delay, policy_for
+from wfctl.retry import Policy, backoff_delay, policy_for, retry_fields_inside
 
 Emit = Callable[[dict], None]
 COMPOSITE_TYPES = ("parallel", "conditional", "loop", "team")
@@ -40,6 +40,7 @@ class Frame:
     index: int | None = None
     in_loop: bool = False
     echoed_item: bool = False  # a dry run's loop over echoed output: `item` decides nothing
+    retry_defaults: dict | None = None  # retry fields handed down by the enclosing steps
 
     def child(self, parent: str) -> "Frame":
         return replace(self, parent=parent)
@@ -111,7 +112,10 @@ class Engine:
         if settings.secrets:
             self._specials["secrets"] = dict(settings.secrets)
         self._workflow_policy = workflow.get("errorHandling") or {}
-        self._policies: dict[int, Policy] = {}
+        self._policies: dict[tuple[int, int], Policy] = {}
+        # (id of a group's errorHandling, id of what it inherited) → what it hands down;
+        # kept for the run, so that the ids used as keys are never reused.
+        self._handed_down: dict[tuple[int, int], dict | None] = {}
         self._pause_gate: Callable[[], None] | None = None
         self._active_lock = threading.Lock()
         self._spawn_slots = threading.BoundedSemaphore(_command_slots())
@@ -181,14 +185,26 @@ class Engine:
             with self._active_lock:
                 self._waiting.pop(key, None)
 
-    def _policy(self, step: dict) -> Policy:
-        # Keyed by the step's errorHandling object: every step without one shares a policy.
+    def _policy(self, step: dict, frame: Frame) -> Policy:
+        # Keyed by the step's errorHandling object and what the enclosing steps hand
+        # down: every step without either shares one policy.
         own = step.get("errorHandling")
-        policy = self._policies.get(id(own))
+        key = (id(own), id(frame.retry_defaults))
+        policy = self._policies.get(key)
         if policy is None:
-            policy = policy_for(self._workflow_policy, own)
-            self._policies[id(own)] = policy
+            policy = policy_for(self._workflow_policy, own, frame.retry_defaults)
+            self._policies[key] = policy
         return policy
+
+    def _inside(self, step: dict, frame: Frame) -> Frame:
+        """The frame a parallel, conditional, loop or team step runs its inside in:
+        with the retry fields it hands down to the steps inside it."""
+        own = step.get("errorHandling")
+        key = (id(own), id(frame.retry_defaults))
+        if key not in self._handed_down:
+            self._handed_down[key] = retry_fields_inside(frame.retry_defaults, own)
+        handed = self._handed_down[key]
+        return frame if handed is frame.retry_defaults else replace(frame, retry_defaults=handed)
 
     # -- running ----------------------------------------------------------------------------
     def run(self, input: Mapping[str, Any], *, started: dict | None = None) -> tuple[str, dict | None]:
@@ -278,7 +294,7 @@ class Engine:
         if self.cancelled:
             return False, None
         self._began = True
-        policy = self._policy(step)
+        policy = self._policy(step, frame)
         kind = step_type(step)
         started = time.monotonic()
         # What failures inside this step leave behind is undone if the step recovers.
@@ -324,7 +340,7 @@ class Engine:
                 "attempts": error.get("attempts", 1),
                 "step": key,
             }
-            inner = Frame(suffix, key, scope, frame.item, frame.index, frame.in_loop, frame.echoed_item)
+            inner = replace(frame, suffix=suffix, parent=key, locals=scope)
             ok, value = self._run_step(fallback, inner)
             if ok:
                 self._failure = failure_before
@@ -640,7 +656,7 @@ class Engine:
                 pass  # reported when the loop runs
         self.emit(start_event)
         try:
-            ok, value, error, extra = runner(step, key, frame)
+            ok, value, error, extra = runner(step, key, self._inside(step, frame))
         except ExpressionError as err:
             ok, value, error, extra = False, None, {"kind": "error", "message": err.message}, {}
         status = "completed" if ok else ("cancelled" if self.cancelled else "failed")
@@ -827,7 +843,10 @@ class Engine:
         def iteration(position: int, item: Any):
             scope = dict(frame.locals or {})
             scope.update({"item": item, "index": position})
-            child = Frame(f"{frame.suffix}[{position}]", key, scope, item, position, True, undecided is not None)
+            child = replace(
+                frame, suffix=f"{frame.suffix}[{position}]", parent=key, locals=scope, item=item, index=position,
+                in_loop=True, echoed_item=undecided is not None,
+            )
             return self._run_step(body, child)
 
         thunks = [lambda p=p, i=i: iteration(p, i) for p, i in enumerate(items)]
@@ -846,7 +865,7 @@ class Engine:
         members = list(team.get("members", []))
         strategy = team.get("strategy", "round-robin")
         task = step.get("task")
-        policy = self._policy(step)
+        policy = self._policy(step, frame)
 
         def member_run(member: str) -> tuple[bool, Any]:
             member_key = f"{key}@{member}"

@@ -51,9 +51,11 @@ class Policy:
 RETRY_FIELDS = ("maxRetries", "backoff", "delay", "maxDelay", "jitter", "retryOn", "maxDuration")
 
 
-def policy_for(workflow_policy: dict | None, step_policy: dict | None) -> Policy:
-    """The step's policy: its own errorHandling over the workflow's, field by field."""
+def policy_for(workflow_policy: dict | None, step_policy: dict | None, inherited: dict | None = None) -> Policy:
+    """The step's policy: its own errorHandling over the retry fields handed down by
+    the steps it is inside (see retry_fields_inside) over the workflow's, field by field."""
     merged = dict(workflow_policy or {})
+    merged.update(inherited or {})
     merged.update(step_policy or {})
     max_retries = _max_retries(merged, step_policy or {})
     strategy = merged.get("strategy") or ("retry" if max_retries > 0 else "fail")
@@ -91,6 +93,23 @@ def _max_retries(merged: dict, step_policy: dict) -> int:
     if strategy == "retry" or (strategy is None and any(field in merged for field in RETRY_FIELDS)):
         return DEFAULT_MAX_RETRIES
     return 0
+
+
+def retry_fields_inside(inherited: dict | None, own: dict | None) -> dict | None:
+    """What a parallel, conditional or loop step hands down to the steps inside it.
+
+    Such a step is never run again itself: its retry fields (and `strategy: retry`)
+    are the default of the steps inside it, over what it inherited. The rest of its
+    policy (fallback, continue, escalation) is about the group as a whole. Returns
+    `inherited` itself when the step adds nothing.
+    """
+    own = own or {}
+    fields = {name: own[name] for name in RETRY_FIELDS if name in own}
+    if own.get("strategy") == "retry":
+        fields["strategy"] = "retry"
+    if not fields:
+        return inherited
+    return {**(inherited or {}), **fields}
 
 
 def backoff_delay(policy: Policy, retry: int, rng: random.Random | None = None) -> float:
