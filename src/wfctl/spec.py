@@ -458,7 +458,8 @@ ERROR_HANDLING = Block(
     "errorHandling",
     "Error handling",
     "What happens when a step fails. At the workflow level it is the default for every step; "
-    "a step's own errorHandling overrides it key by key.",
+    "a step's own errorHandling overrides it key by key. On a parallel, conditional or loop step, "
+    "its retry fields are the default of the steps inside it.",
     (
         Field("strategy", String(enum=ERROR_STRATEGIES),
               "What follows the last failed attempt. retry: retry (3 times unless maxRetries says), then fail; "
