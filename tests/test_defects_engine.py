@@ -15,6 +15,7 @@ Steps hold on files (`Lab`), the test polls with bounds; nothing waits by sleepi
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from datetime import datetime
@@ -27,6 +28,7 @@ from lifecycle_helpers import (
     detach,
     execution_dir,
     lab_in,
+    lock_pid,
     step_record,
     wait_for,
     wait_status,
@@ -318,6 +320,23 @@ def test_current_step_is_the_top_level_step_and_current_steps_lists_what_runs(la
     lab.go("visit")
     document = wait_status(execution_id, "completed")
     assert document["currentStep"] is None and document["currentSteps"] == []
+
+
+def test_an_execution_whose_runner_died_runs_nothing_now(lab):
+    path = lab.workflow(f"""\
+        name: runner-dies
+        steps:
+          - id: held
+            run: {lab.record('held')}; {lab.hold('held')}
+    """)
+    execution_id = detach(path)
+    lab.wait_started("held")
+    assert wfctl_json("execution", execution_id)["currentSteps"] == ["held"]
+    os.kill(lock_pid(execution_id), signal.SIGKILL)
+    document = wait_status(execution_id, "interrupted")
+    assert document["currentStep"] is None and document["currentSteps"] == []
+    lab.go("held")
+    assert wfctl_json("resume", execution_id)["status"] == "completed"
 
 
 # -- 25: dry runs ---------------------------------------------------------------------------------

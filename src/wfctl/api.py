@@ -484,7 +484,7 @@ def load_execution_state(execution_id: str) -> tuple[ExecutionState, int]:
     for event in events:
         state.apply(event)
     if state.document.get("status") in ("pending", "running", "paused") and not runner_alive(store, execution_id):
-        state.document["status"] = "interrupted"
+        state.mark_interrupted()
     return state, offset + intact
 
 
@@ -722,7 +722,7 @@ def watch(
                     on_event(event, state)
         if not chunk and not alive:
             if state.document.get("status") not in FINISHED:
-                state.document["status"] = "interrupted"
+                state.mark_interrupted()
             break
         if not chunk:
             time.sleep(poll)

@@ -191,6 +191,12 @@ class ExecutionState:
             return  # it was not running (a skipped step, an in-process call folded into one event)
         self._show_running()
 
+    def mark_interrupted(self) -> None:
+        """No process runs the execution any more (its runner died): nothing runs now,
+        whatever its last events said. Its step records keep what they say."""
+        self.document["status"] = "interrupted"
+        self._clear_running()
+
     def _clear_running(self) -> None:
         self._running.clear()
         self._show_running()
