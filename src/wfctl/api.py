@@ -518,7 +518,7 @@ def load_execution_state(execution_id: str) -> tuple[ExecutionState, int]:
     for event in events:
         state.apply(event)
     if state.document.get("status") in ("pending", "running", "paused") and not runner_alive(store, execution_id):
-        state.document["status"] = "interrupted"
+        state.mark_interrupted()
     return state, offset + intact
 
 
@@ -593,7 +593,7 @@ def unreadable(execution_id: str, err: Exception) -> dict:
 
 
 def summary(document: dict) -> dict:
-    return {
+    element = {
         "executionId": document["executionId"],
         "workflowId": document.get("workflowId"),
         "workflowName": document.get("workflowName"),
@@ -603,6 +603,9 @@ def summary(document: dict) -> dict:
         "startedAt": document.get("startedAt"),
         "completedAt": document.get("completedAt"),
     }
+    if document.get("dryRun"):
+        element["dryRun"] = True
+    return element
 
 
 def logs(execution_id: str, step: str | None = None, *, raw: bool = False) -> dict:
@@ -893,7 +896,7 @@ def watch(
                     on_event(event, state)
         if not chunk and not alive:
             if state.document.get("status") not in FINISHED:
-                state.document["status"] = "interrupted"
+                state.mark_interrupted()
             break
         if not chunk:
             time.sleep(poll)
@@ -1012,9 +1015,10 @@ def traces(workflow: str, *, page: int = 1, size: int | None = None) -> dict:
             trace = store.trace_summary(workflow_id, trace_id)
         except Exception:  # a trace removed meanwhile is left out
             continue
-        elements.append(
-            {key: trace.get(key) for key in ("id", "workflow_id", "uuid", "run_date", "status")}
-        )
+        element = {key: trace.get(key) for key in ("id", "workflow_id", "uuid", "run_date", "status")}
+        if trace.get("dryRun"):
+            element["dryRun"] = True
+        elements.append(element)
     return paginate("WorkflowTrace", elements, page=page, size=size, default_size=50)
 
 

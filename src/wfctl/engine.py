@@ -23,7 +23,7 @@ from wfctl import faults
 from wfctl.agents import AttemptContext, Outcome, failure, plain_text, run_agent
 from wfctl.errors import ExpressionError
 from wfctl.record import branch_steps, now_iso, step_type
-from wfctl.retry import Policy, backoff_delay, policy_for
+from wfctl.retry import Policy, backoff_delay, policy_for, retry_fields_inside
 
 Emit = Callable[[dict], None]
 COMPOSITE_TYPES = ("parallel", "conditional", "loop", "team")
@@ -39,6 +39,8 @@ class Frame:
     item: Any = None
     index: int | None = None
     in_loop: bool = False
+    echoed_item: bool = False  # a dry run's loop over echoed output: `item` decides nothing
+    retry_defaults: dict | None = None  # retry fields handed down by the enclosing steps
 
     def child(self, parent: str) -> "Frame":
         return replace(self, parent=parent)
@@ -106,14 +108,25 @@ class Engine:
         self._failure: dict | None = None
         self._sleep = sleep
         self._specials = {"input": self.input, "steps": self.steps_view}
+        self._echoed: set[str] = set()  # in a dry run: output names whose values the echo agent made
         if settings.secrets:
             self._specials["secrets"] = dict(settings.secrets)
         self._workflow_policy = workflow.get("errorHandling") or {}
-        self._policies: dict[int, Policy] = {}
+        self._policies: dict[tuple[int, int], Policy] = {}
+        # (id of a group's errorHandling, id of what it inherited) → what it hands down;
+        # kept for the run, so that the ids used as keys are never reused.
+        self._handed_down: dict[tuple[int, int], dict | None] = {}
         self._pause_gate: Callable[[], None] | None = None
         self._active_lock = threading.Lock()
         self._spawn_slots = threading.BoundedSemaphore(_command_slots())
         self.active = 0  # task steps running right now (pausing waits for them to finish)
+        # Where the run stands, so that a cancel or timeout can say what it interrupted
+        # (guarded by _active_lock: parallel branches change them).
+        self._in_flight: dict[str, None] = {}  # keys of task steps running (attempts and waits)
+        self._waiting: dict[str, str] = {}  # key → "the wait before retry N ..." being waited
+        self._held_at: str | None = None  # the step whose start the pause gate is holding
+        self._began = False  # a step has started in this run
+        self._stopped_at: tuple[str, str | None] = ("", None)  # (what was happening, step key) at cancel
 
     # -- control ----------------------------------------------------------------------------
     def cancel(self, reason: str | None = None, status: str = "cancelled") -> None:
@@ -121,7 +134,32 @@ class Engine:
         if not self.cancel_event.is_set():
             self.cancel_status = status
             self.cancel_reason = reason
+            self._stopped_at = self._moment()
             self.cancel_event.set()
+
+    def _moment(self) -> tuple[str, str | None]:
+        """What the run is doing right now, as words that follow "cancelled" or "the
+        workflow timed out after 5s", and the key of the step concerned.
+
+        No lock: cancel() also runs in the Ctrl-C handler, on the engine's own thread,
+        which may hold _active_lock at that moment. Copying a dict is one step for the
+        interpreter, so another thread cannot change it halfway.
+        """
+        waits = list(self._waiting.items())
+        running = list(self._in_flight)
+        held = self._held_at
+        began = self._began
+        if waits:
+            return "during " + "; ".join(label for _key, label in waits), waits[0][0]
+        if running:
+            names = ", ".join(f"'{key}'" for key in running[:5]) + (", ..." if len(running) > 5 else "")
+            verb = "was" if len(running) == 1 else "were"
+            return f"while step{'s' if len(running) > 1 else ''} {names} {verb} running", running[0]
+        if held is not None:
+            return f"while paused, before step '{held}' started", held
+        if not began:
+            return "before any step started", None
+        return "between steps", None
 
     @property
     def cancelled(self) -> bool:
@@ -131,23 +169,42 @@ class Engine:
         """`gate()` is called before each step starts; it returns when the run may go on."""
         self._pause_gate = gate
 
-    def _wait(self, seconds: float) -> None:
-        """Wait between attempts; a cancel ends the wait at once."""
-        if seconds <= 0:
-            return
-        if self._sleep is not None:
-            self._sleep(seconds)
-        else:
-            self.cancel_event.wait(seconds)
+    def _wait(self, key: str, label: str, seconds: float) -> None:
+        """Wait between attempts; a cancel ends the wait at once. `label` says what is
+        awaited, for the record of a cancel or timeout that ends the wait."""
+        with self._active_lock:
+            self._waiting[key] = label
+        try:
+            if seconds <= 0:
+                return
+            if self._sleep is not None:
+                self._sleep(seconds)
+            else:
+                self.cancel_event.wait(seconds)
+        finally:
+            with self._active_lock:
+                self._waiting.pop(key, None)
 
-    def _policy(self, step: dict) -> Policy:
-        # Keyed by the step's errorHandling object: every step without one shares a policy.
+    def _policy(self, step: dict, frame: Frame) -> Policy:
+        # Keyed by the step's errorHandling object and what the enclosing steps hand
+        # down: every step without either shares one policy.
         own = step.get("errorHandling")
-        policy = self._policies.get(id(own))
+        key = (id(own), id(frame.retry_defaults))
+        policy = self._policies.get(key)
         if policy is None:
-            policy = policy_for(self._workflow_policy, own)
-            self._policies[id(own)] = policy
+            policy = policy_for(self._workflow_policy, own, frame.retry_defaults)
+            self._policies[key] = policy
         return policy
+
+    def _inside(self, step: dict, frame: Frame) -> Frame:
+        """The frame a parallel, conditional, loop or team step runs its inside in:
+        with the retry fields it hands down to the steps inside it."""
+        own = step.get("errorHandling")
+        key = (id(own), id(frame.retry_defaults))
+        if key not in self._handed_down:
+            self._handed_down[key] = retry_fields_inside(frame.retry_defaults, own)
+        handed = self._handed_down[key]
+        return frame if handed is frame.retry_defaults else replace(frame, retry_defaults=handed)
 
     # -- running ----------------------------------------------------------------------------
     def run(self, input: Mapping[str, Any], *, started: dict | None = None) -> tuple[str, dict | None]:
@@ -163,12 +220,28 @@ class Engine:
         else:
             status = "failed"
         event = {"type": "execution.finished", "at": now_iso(), "status": status}
-        if status in ("failed", "timed_out") and self._failure:
+        if status in ("failed", "timed_out"):
+            # Every unsuccessful end says what happened, also when no step failed (a
+            # timeout during a backoff wait, a pause, or before any step started).
+            self._failure = self._failure or self._stop_error()
             event["error"] = self._failure
-        if status in ("cancelled", "interrupted", "timed_out") and self.cancel_reason is not None:
-            event["reason"] = self.cancel_reason
+        if status in ("cancelled", "interrupted", "timed_out"):
+            event["reason"] = self.cancel_reason or f"cancelled {self._stopped_at[0]}"
         self.emit(event)
         return status, self._failure
+
+    def _stop_error(self) -> dict:
+        """The execution's error when a cancel (a timeout, a record that cannot be
+        written) ended it and no step failure says why."""
+        if not self.cancelled:  # every failure records its own error; kept as a guard
+            return {"kind": "error", "message": "the execution failed."}
+        where, key = self._stopped_at
+        reason = self.cancel_reason or self.cancel_status
+        error: dict[str, Any] = {"kind": "timeout" if self.cancel_status == "timed_out" else "error"}
+        error["message"] = f"{reason} {where}." if where else f"{reason}."
+        if key is not None:
+            error = {"step": key, **error}
+        return error
 
     def _run_sequence(self, steps: list[dict], frame: Frame) -> bool:
         for step in steps:
@@ -189,6 +262,8 @@ class Engine:
         if name and status == "completed":
             target = frame.locals if frame.in_loop else self.state
             target[name] = value
+            if self.settings.dry_run:
+                self._echoed.add(name)
         self.steps_view[step["id"]] = {"status": status, "output": value}
 
     def _restore(self, step: dict, frame: Frame) -> Any:
@@ -215,10 +290,11 @@ class Engine:
         if key in self.completed:
             return True, self._restore(step, frame)
         if self._pause_gate is not None:
-            self._pause_gate()
+            self._hold(key)
         if self.cancelled:
             return False, None
-        policy = self._policy(step)
+        self._began = True
+        policy = self._policy(step, frame)
         kind = step_type(step)
         started = time.monotonic()
         # What failures inside this step leave behind is undone if the step recovers.
@@ -236,6 +312,15 @@ class Engine:
         return self._after_failure(
             step, key, frame, policy, error or {"kind": "failed", "message": "failed."}, started, before
         )
+
+    def _hold(self, key: str) -> None:
+        """Pass the pause gate before step `key` starts (it blocks while paused)."""
+        assert self._pause_gate is not None
+        self._held_at = key
+        try:
+            self._pause_gate()
+        finally:
+            self._held_at = None
 
     def _after_failure(
         self, step: dict, key: str, frame: Frame, policy: Policy, error: dict, started: float, before: tuple
@@ -255,7 +340,7 @@ class Engine:
                 "attempts": error.get("attempts", 1),
                 "step": key,
             }
-            inner = Frame(suffix, key, scope, frame.item, frame.index, frame.in_loop)
+            inner = replace(frame, suffix=suffix, parent=key, locals=scope)
             ok, value = self._run_step(fallback, inner)
             if ok:
                 self._failure = failure_before
@@ -275,7 +360,7 @@ class Engine:
                 self._store_output(step, frame, "completed", value)
                 return True, value
         self._store_output(step, frame, "failed", None)
-        if policy.strategy == "continue":
+        if policy.strategy == "continue" and not self.cancelled:
             # Recorded as failed; the run goes on, and later steps get null for its output.
             self._failure = failure_before
             if step.get("output"):
@@ -341,11 +426,13 @@ class Engine:
         Returns (ok, output, error)."""
         with self._active_lock:
             self.active += 1
+            self._in_flight[key] = None
         try:
             return self._run_attempts(step, key, frame, agent_name, task, policy, member_of)
         finally:
             with self._active_lock:
                 self.active -= 1
+                self._in_flight.pop(key, None)
 
     def _run_attempts(
         self,
@@ -372,9 +459,14 @@ class Engine:
         # would after a recorded start.
         fold = resolved is not None and "python" in resolved[1] and self.settings.executor is None
         deferred: dict | None = None
+        retry_stopped: str | None = None  # why a failed attempt was not retried, when the policy allowed more
+        awaited = ""  # the retry being waited for, in words
         while True:
             if self.cancelled:
-                outcome = outcome or failure("cancelled", "cancelled before it started.")
+                if outcome is None:
+                    outcome = failure("cancelled", "cancelled before it started.")
+                else:  # the cancel or timeout came between two attempts
+                    outcome = self._stopped_outcome(awaited, outcome.exit_code)
                 break
             attempt += 1
             event = {"type": "step.started", "at": now_iso(), "step": key, "id": step["id"], "attempt": attempt, "agent": label}
@@ -394,18 +486,21 @@ class Engine:
                 outcome = self._attempt(step, key, frame, resolved[1], task, attempt, scope)
                 faults.crash("after-step")  # tests: the step ran, its end is not recorded yet
             if not outcome.ok and outcome.error and outcome.error["kind"] == "cancelled" and self.cancel_status == "timed_out":
-                outcome = failure("timeout", self.cancel_reason or "the workflow timed out.", outcome.exit_code)
+                reason = self.cancel_reason or "the workflow timed out"
+                outcome = failure("timeout", f"{reason} while step '{key}' was running.", outcome.exit_code)
             if outcome.ok:
                 break
             if deferred is not None:
                 self.emit(deferred)  # a failed attempt is recorded in full
                 deferred = None
             kind = outcome.error["kind"] if outcome.error else "failed"
-            if not self._should_retry(policy, kind, outcome, attempt - first_attempt + 1, started):
+            tries = attempt - first_attempt + 1
+            if self.cancelled or kind == "cancelled" or tries >= policy.attempts:
                 break
-            wait = backoff_delay(policy, attempt - first_attempt + 1)
-            if policy.max_duration is not None:
-                wait = min(wait, max(0.0, policy.max_duration - (time.monotonic() - started)))
+            wait = backoff_delay(policy, tries)
+            retry_stopped = _why_no_retry(policy, kind, outcome.exit_code, tries, time.monotonic() - started, wait)
+            if retry_stopped is not None:
+                break
             self.emit(
                 {
                     "type": "attempt.failed",
@@ -419,7 +514,8 @@ class Engine:
                     **({"worker": outcome.worker} if outcome.worker else {}),
                 }
             )
-            self._wait(wait)
+            awaited = f"the wait before retry {tries} (attempt {attempt + 1}) of step '{key}'"
+            self._wait(key, awaited, wait)
         ok = outcome.ok
         kind = outcome.error["kind"] if outcome.error else None
         if ok:
@@ -450,6 +546,8 @@ class Engine:
                 event["outputName"] = step["output"]
         else:
             event["error"] = outcome.error
+            if retry_stopped is not None:
+                event["retryStopped"] = retry_stopped
             if status == "failed":
                 self._mark_failure(event, policy)
         if outcome.worker:
@@ -468,14 +566,14 @@ class Engine:
         if policy.notify_on_error:
             event["notify"] = True
 
-    def _should_retry(self, policy: Policy, kind: str, outcome: Outcome, tries: int, started: float) -> bool:
-        if self.cancelled or policy.strategy == "fail" or tries >= policy.attempts:
-            return False
-        if not policy.retries(kind, outcome.exit_code):
-            return False
-        if policy.max_duration is not None and time.monotonic() - started >= policy.max_duration:
-            return False
-        return True
+    def _stopped_outcome(self, awaited: str, exit_code: int | None) -> Outcome:
+        """How a step ends when a cancel or timeout comes while it waits for a retry:
+        a timeout fails it (kind timeout), any other stop cancels it; either way the
+        error says which wait was cut short."""
+        if self.cancel_status == "timed_out":
+            return failure("timeout", f"{self.cancel_reason} during {awaited}.", exit_code)
+        what = "cancelled" if self.cancel_status == "cancelled" else (self.cancel_reason or self.cancel_status)
+        return failure("cancelled", f"{what} during {awaited}.", exit_code)
 
     def _attempt(
         self, step: dict, key: str, frame: Frame, agent: dict, task: str | None, attempt: int, scope: Mapping
@@ -558,7 +656,7 @@ class Engine:
                 pass  # reported when the loop runs
         self.emit(start_event)
         try:
-            ok, value, error, extra = runner(step, key, frame)
+            ok, value, error, extra = runner(step, key, self._inside(step, frame))
         except ExpressionError as err:
             ok, value, error, extra = False, None, {"kind": "error", "message": err.message}, {}
         status = "completed" if ok else ("cancelled" if self.cancelled else "failed")
@@ -647,12 +745,17 @@ class Engine:
             chosen = condition
         else:
             try:
-                chosen = truthy(parse(str(condition)).evaluate(self._scope(frame)))
+                expression = parse(str(condition))
+                echoed = self._echoed_name(expression, frame)
+                if echoed is not None:
+                    # A dry run cannot decide on what echo made up: a true or false
+                    # from it would show a path a real run may never take.
+                    raise ExpressionError(f"the condition reads '{echoed}', an echoed output of this dry run.")
+                chosen = truthy(expression.evaluate(self._scope(frame)))
             except ExpressionError as err:
                 if not self.settings.dry_run:
                     raise
-                # Echo outputs rarely have the fields a condition reads: a dry run
-                # follows `then` and says the condition could not be decided.
+                # A dry run follows `then` and says the condition could not be decided.
                 chosen, extra = True, {"undecided": err.message}
         branch = "then" if chosen else "else"
         extra["branch"] = branch
@@ -686,9 +789,34 @@ class Engine:
             for child in branch_steps(step.get("then")) + branch_steps(step.get("else")):
                 self._skip(child, inner)
 
+    def _echoed_name(self, expression: Any, frame: Frame) -> str | None:
+        """In a dry run, the first name `expression` reads whose value the echo agent
+        made up (a step's output, `steps.*`, the item of a loop over such output)."""
+        if not self.settings.dry_run:
+            return None
+        for reference in expression.references():
+            root = reference[0]
+            if root == "steps" or root in self._echoed or (root == "item" and frame.echoed_item):
+                return root
+        return None
+
+    def _undecided_items(self, step: dict, frame: Frame) -> str | None:
+        """In a dry run, why a loop's items cannot be known (they come from echo)."""
+        from wfctl.expressions import parse
+
+        items = step.get("items")
+        if not self.settings.dry_run or not isinstance(items, str):
+            return None
+        echoed = self._echoed_name(parse(items), frame)
+        if echoed is None:
+            return None
+        return f"the items read '{echoed}', an echoed output of this dry run: the body is shown once, with item null."
+
     def _loop_items(self, step: dict, frame: Frame) -> list:
         from wfctl.expressions import parse
 
+        if self._undecided_items(step, frame) is not None:
+            return [None]
         items = step.get("items")
         if isinstance(items, bool):
             raise ExpressionError("loop items must be a list, a count or an expression, not a boolean.")
@@ -708,13 +836,17 @@ class Engine:
         return value
 
     def _run_loop(self, step: dict, key: str, frame: Frame):
+        undecided = self._undecided_items(step, frame)
         items = self._loop_items(step, frame)
         body = step["step"]
 
         def iteration(position: int, item: Any):
             scope = dict(frame.locals or {})
             scope.update({"item": item, "index": position})
-            child = Frame(f"{frame.suffix}[{position}]", key, scope, item, position, True)
+            child = replace(
+                frame, suffix=f"{frame.suffix}[{position}]", parent=key, locals=scope, item=item, index=position,
+                in_loop=True, echoed_item=undecided is not None,
+            )
             return self._run_step(body, child)
 
         thunks = [lambda p=p, i=i: iteration(p, i) for p, i in enumerate(items)]
@@ -723,7 +855,7 @@ class Engine:
         ok = all(result is not None and result[0] for result in results)
         value = [result[1] if result is not None else None for result in results]
         error = None if ok else {"kind": "failed", "message": "a loop iteration failed."}
-        return ok, value, error, {}
+        return ok, value, error, ({"undecided": undecided} if undecided else {})
 
     def _run_team(self, step: dict, key: str, frame: Frame):
         team_name = step["teamId"]
@@ -733,7 +865,7 @@ class Engine:
         members = list(team.get("members", []))
         strategy = team.get("strategy", "round-robin")
         task = step.get("task")
-        policy = self._policy(step)
+        policy = self._policy(step, frame)
 
         def member_run(member: str) -> tuple[bool, Any]:
             member_key = f"{key}@{member}"
@@ -764,6 +896,22 @@ class Engine:
         ok, value = member_run(member)
         error = None if ok else {"kind": "failed", "message": f"team member '{member}' failed."}
         return ok, value, error, {"member": member}
+
+
+def _why_no_retry(policy: Policy, kind: str, exit_code: int | None, tries: int, elapsed: float, wait: float) -> str | None:
+    """None when retry number `tries` follows a failed attempt; otherwise why not, for
+    the step's record (the policy allows more attempts, so the reason is worth saying)."""
+    if kind not in ("failed", "timeout"):
+        return "errors (wfctl could not run the step) are never retried."
+    if not policy.retries(kind, exit_code):
+        what = "a timeout" if kind == "timeout" else (f"exit code {exit_code}" if exit_code is not None else "this failure")
+        return f"{what} is not in retryOn ({', '.join(policy.retry_on)})."
+    if policy.max_duration is not None and elapsed + wait > policy.max_duration:
+        return (
+            f"retry {tries} would start {elapsed + wait:.1f}s into the step ({elapsed:.1f}s so far, then a "
+            f"{wait:.3g}s wait), past maxDuration ({policy.max_duration:g}s)."
+        )
+    return None
 
 
 FDS_PER_COMMAND = 6  # pipes, the log, and what the child holds while it starts

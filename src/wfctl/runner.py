@@ -227,12 +227,17 @@ def interrupt_handlers(on_interrupt: Callable[[], None]) -> Iterator[None]:
 
 
 def estimate_duration(store: Store, workflow_id: str, samples: int = 10) -> float | None:
-    """Mean duration of the latest completed runs of a workflow, from their traces."""
+    """Mean duration of the latest completed runs of a workflow, from their traces.
+
+    Dry runs are left out: echo steps take no time, so they would pull the estimate
+    of a real run towards its own start."""
     durations = []
     for trace_id in store.trace_ids(workflow_id)[: samples * 3]:
         try:
             trace = store.trace_summary(workflow_id, trace_id)
         except Exception:  # a trace being written or removed right now is just skipped
+            continue
+        if trace.get("dryRun"):
             continue
         if trace.get("status") == "executed" and isinstance(trace.get("duration"), (int, float)):
             durations.append(float(trace["duration"]))
@@ -378,9 +383,14 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
     # ends it before its first step: requests are never cleared unread.
     watcher.check_cancel()
     started: dict[str, Any] = {}
-    estimate = estimate_duration(store, workflow_id)
+    # A dry run takes no time of its own: an estimate from real runs would only mislead.
+    estimate = None if options.dry_run else estimate_duration(store, workflow_id)
     if estimate is not None:
-        started["estimatedCompletion"] = iso_after(time.time(), estimate)
+        # The start and the estimate are taken at one instant, to the millisecond: an
+        # estimate can never come before the start it is counted from.
+        began = time.time()
+        started["at"] = iso_after(began, 0)
+        started["estimatedCompletion"] = iso_after(began, estimate)
     timer = None
     if definition.get("timeout"):
         limit = float(definition["timeout"])
@@ -451,7 +461,7 @@ def iso_after(epoch: float, seconds: float) -> str:
     from datetime import datetime, timezone
 
     moment = datetime.fromtimestamp(epoch + seconds, timezone.utc)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}

@@ -288,7 +288,7 @@ def execution(
 ) -> None:
     """Show an execution: status, progress, current step, every step with times, attempts and output."""
     from wfctl import api
-    from wfctl.render import execution_table
+    from wfctl.render import error_text, execution_table
 
     document = api.get_execution(execution_id)
     if json:
@@ -301,7 +301,7 @@ def execution(
         times += f" · ended {document['completedAt']}"
     console.print(f"status {document['status']} · {times}", markup=False)
     if document.get("error"):
-        console.print(f"error at {document['error'].get('step')}: {document['error'].get('message')}", markup=False)
+        console.print("error" + error_text(document["error"], " at "), markup=False)
     if document.get("cancelReason"):
         console.print(f"cancelled: {document['cancelReason']}", markup=False)
     console.print(execution_table(document))
@@ -330,7 +330,7 @@ def executions(
         table.add_row(
             element["executionId"],
             element.get("workflowName") or "",
-            element.get("status") or "",
+            (element.get("status") or "") + (" (dry run)" if element.get("dryRun") else ""),
             f"{progress.get('completed', 0)}/{progress.get('total', 0)}" if progress else "",
             (element.get("startedAt") or "")[:19],
         )

@@ -29,7 +29,8 @@ def traces(
     for column in ("trace", "status", "run date"):
         table.add_column(column, no_wrap=True)
     for element in envelope["elements"]:
-        table.add_row(element["id"], element["status"], element["run_date"][:19])
+        status = element["status"] + (" (dry run)" if element.get("dryRun") else "")
+        table.add_row(element["id"], status, element["run_date"][:19])
     stdout_console().print(table)
     pages = envelope["pages"]
     say(f"{envelope['count']} trace{'s' if envelope['count'] != 1 else ''} · page {pages['current']} of {pages['max']}")
@@ -51,7 +52,8 @@ def trace(
     from rich.table import Table
 
     console = stdout_console()
-    console.print(f"trace {document['id']} · {document['status']} · {document['run_date']}", markup=False)
+    dry = " (dry run)" if document.get("dryRun") else ""
+    console.print(f"trace {document['id']} · {document['status']}{dry} · {document['run_date']}", markup=False)
     table = Table(box=None, pad_edge=False)
     for column in ("stage", "status", "duration", "attempts"):
         table.add_column(column, no_wrap=True)
