@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from wfctl.engine import Engine, Settings
+from wfctl.record import parse_iso
 from wfctl.retry import DEFAULT_DELAY, DEFAULT_MAX_DELAY, DEFAULT_MAX_RETRIES, Policy, backoff_delay, policy_for
 
 
@@ -184,6 +185,49 @@ def test_a_fallback_that_is_not_a_step_is_ignored():
 def test_max_retries_zero_is_kept_not_replaced_by_the_default():
     assert policy_for({"strategy": "retry", "maxRetries": 0}, None).max_retries == 0
     assert policy_for({"strategy": "retry", "maxRetries": 4}, {"maxRetries": 0}).attempts == 1
+
+
+# -- retry fields without a strategy -----------------------------------------------------------
+def test_max_retries_without_a_strategy_means_retry():
+    policy = policy_for(None, {"maxRetries": 2})
+    assert policy.strategy == "retry" and policy.max_retries == 2 and policy.attempts == 3
+    assert policy_for({"maxRetries": 4}, None).max_retries == 4  # at the workflow level too
+
+
+@pytest.mark.parametrize("field, value", [
+    ("backoff", "fixed"), ("delay", 2), ("maxDelay", 5), ("jitter", True),
+    ("retryOn", ["timeout"]), ("maxDuration", 60),
+])
+def test_any_retry_field_without_a_strategy_means_retry_with_the_default_count(field, value):
+    policy = policy_for({field: value}, None)
+    assert policy.strategy == "retry" and policy.max_retries == DEFAULT_MAX_RETRIES
+    assert policy_for(None, {field: value}).max_retries == DEFAULT_MAX_RETRIES
+
+
+def test_retry_fields_merge_from_workflow_to_step_without_a_strategy():
+    # The workflow says how to wait, the step how often: retries, with both.
+    policy = policy_for({"backoff": "fixed", "delay": 2}, {"maxRetries": 1})
+    assert (policy.strategy, policy.max_retries, policy.backoff, policy.delay) == ("retry", 1, "fixed", 2)
+    policy = policy_for({"maxRetries": 2}, {"delay": 0.5})
+    assert (policy.strategy, policy.max_retries, policy.delay) == ("retry", 2, 0.5)
+
+
+def test_max_retries_counts_whatever_the_strategy_says_happens_after():
+    assert policy_for({"strategy": "fail", "maxRetries": 2}, None).max_retries == 2
+    assert policy_for({"strategy": "fail"}, {"maxRetries": 2}).max_retries == 2
+    assert policy_for({"strategy": "continue", "maxRetries": 1}, None).max_retries == 1
+
+
+def test_a_steps_own_fail_turns_off_the_workflows_retries():
+    policy = policy_for({"strategy": "retry", "maxRetries": 3}, {"strategy": "fail"})
+    assert policy.strategy == "fail" and policy.max_retries == 0
+    assert policy_for({"maxRetries": 3}, {"strategy": "fail", "maxRetries": 1}).max_retries == 1
+
+
+def test_fields_that_are_not_about_retries_do_not_ask_for_retries():
+    for fields in ({"notifyOnError": True}, {"escalateOnFailure": True, "escalateTo": "lead"}, {"maxRetries": 0}, {}):
+        policy = policy_for(fields, None)
+        assert policy.strategy == "fail" and policy.max_retries == 0, fields
 
 
 # -- Policy.retries --------------------------------------------------------------------------
@@ -368,22 +412,146 @@ def test_engine_jittered_waits_stay_under_the_capped_backoff(tmp_path):
         assert 0 <= wait <= cap
 
 
-def test_engine_shortens_the_wait_to_fit_max_duration(tmp_path):
-    # Each attempt takes ≥ 0.3 s and maxDuration is 0.5 s: the first wait (10 s by the
-    # backoff) is cut to what is left of the 0.5 s, and no retry starts after it.
+def test_engine_does_not_start_a_retry_whose_wait_would_end_past_max_duration(tmp_path):
+    # The first attempt fails at once and the backoff asks for 10 s, but maxDuration is
+    # 5 s: the wait would end past it, so there is no wait and no second attempt (the
+    # wait is not trimmed to the deadline to squeeze one more attempt in), and the
+    # record says why no retry followed.
     workflow = {
         "name": "max-duration",
         "errorHandling": {"strategy": "retry", "maxRetries": 10, "backoff": "fixed", "delay": 10,
-                          "maxDelay": 60, "maxDuration": 0.5},
-        "steps": [{"id": "slow", "run": "sleep 0.3; exit 1"}],
+                          "maxDelay": 60, "maxDuration": 5},
+        "steps": [{"id": "slow", "run": "echo broken >&2; exit 1"}],
     }
+    clock = Clock()
+    engine, events = engine_for(tmp_path, workflow, clock)
+    status, failure = engine.run({})
+    assert status == "failed"
+    assert clock.waits == []
+    assert attempt_numbers(events, "slow") == [1]
+    assert failure["kind"] == "failed" and "broken" in failure["message"]  # the last attempt's own error
+    [finished] = [e for e in events if e["type"] == "step.finished" and e["step"] == "slow"]
+    assert "maxDuration (5s)" in finished["retryStopped"] and "retry 1" in finished["retryStopped"]
+    assert not [e for e in events if e["type"] == "attempt.failed"]  # no "retrying in" was announced
+
+
+def test_engine_retries_only_while_the_next_wait_ends_within_max_duration(tmp_path):
+    # Real waits of 0.2 s and a 1 s budget: however long each attempt takes on a busy
+    # machine, every retry starts within maxDuration, no wait is trimmed, and the last
+    # failure says that the next retry would have started past it.
+    workflow = {
+        "name": "max-duration-real",
+        "errorHandling": {"maxRetries": 50, "backoff": "fixed", "delay": 0.2, "maxDuration": 1},
+        "steps": [{"id": "flaky", "run": "exit 1"}],
+    }
+    events: list[dict] = []
+    (tmp_path / "logs").mkdir()
+    settings = Settings(execution_id="exec_0000test0000", workflow_id="wf_0000test0000",
+                        log_dir=tmp_path / "logs", agents={}, teams={})
+    status, _ = Engine(workflow, settings, events.append).run({})
+    assert status == "failed"
+    starts = [e for e in events if e["type"] == "step.started" and e["step"] == "flaky"]
+    assert 2 <= len(starts) <= 6
+    first = parse_iso(starts[0]["at"])
+    for start in starts[1:]:
+        # (a timer may wake a little late on a busy machine; the old trimming was by whole waits)
+        assert (parse_iso(start["at"]) - first).total_seconds() <= 1.0 + 0.15
+    assert [e["retryIn"] for e in events if e["type"] == "attempt.failed"] == [0.2] * (len(starts) - 1)
+    [finished] = [e for e in events if e["type"] == "step.finished"]
+    assert f"retry {len(starts)} would start" in finished["retryStopped"]
+    assert "past maxDuration (1s)" in finished["retryStopped"]
+
+
+@pytest.mark.parametrize("workflow_policy, step_policy, attempts", [
+    (None, {"maxRetries": 2}, 3),  # the step's own
+    ({"maxRetries": 2}, None, 3),  # the workflow's
+    ({"delay": 3}, {"maxRetries": 1}, 2),  # through the merge
+    ({"backoff": "fixed", "delay": 3}, None, 4),  # retry fields alone: the default 3 retries
+    ({"strategy": "fail"}, {"maxRetries": 1}, 2),  # maxRetries counts; fail is what follows the last
+    ({"strategy": "retry", "maxRetries": 3}, {"strategy": "fail"}, 1),  # a step's own fail: no retries
+])
+def test_engine_retries_as_max_retries_says(tmp_path, workflow_policy, step_policy, attempts):
+    step = {"id": "flaky", "run": "exit 1"}
+    if step_policy is not None:
+        step["errorHandling"] = step_policy
+    workflow = {"name": "no-strategy", "steps": [step]}
+    if workflow_policy is not None:
+        workflow["errorHandling"] = workflow_policy
     clock = Clock()
     engine, events = engine_for(tmp_path, workflow, clock)
     status, _ = engine.run({})
     assert status == "failed"
-    assert len(clock.waits) == 1
-    assert 0 <= clock.waits[0] <= 0.2 + 1e-6
-    assert attempt_numbers(events, "slow") == [1, 2]
+    assert attempt_numbers(events, "flaky") == list(range(1, attempts + 1))
+    assert len(clock.waits) == attempts - 1
+
+
+def test_a_groups_retry_fields_are_the_default_of_the_steps_inside_it(tmp_path):
+    # A parallel, conditional or loop step is never run again itself: its retry
+    # fields go down to the steps inside it, nested groups adding their own.
+    workflow = {
+        "name": "group-retries",
+        "steps": [
+            {"id": "each", "type": "loop", "items": [1, 2], "errorHandling": {"maxRetries": 2, "delay": 1},
+             "step": {"id": "body", "run": "exit 1"}},
+        ],
+    }
+    clock = Clock()
+    engine, events = engine_for(tmp_path, workflow, clock)
+    status, failure = engine.run({})
+    assert status == "failed" and failure["step"] == "body[0]"
+    assert attempt_numbers(events, "body[0]") == [1, 2, 3]
+    assert clock.waits == [1, 2]
+
+    workflow = {
+        "name": "nested-group-retries",
+        "errorHandling": {"backoff": "fixed", "delay": 5, "maxRetries": 0},
+        "steps": [
+            {"id": "checks", "type": "parallel", "errorHandling": {"strategy": "retry", "delay": 2},
+             "steps": [
+                 {"id": "gate", "type": "conditional", "condition": True, "errorHandling": {"maxRetries": 1},
+                  "then": {"id": "inner", "run": "exit 1"}},
+                 {"id": "own", "run": "exit 1", "errorHandling": {"maxRetries": 0}},
+             ]},
+        ],
+    }
+    clock = Clock()
+    engine, events = engine_for(tmp_path, workflow, clock)
+    engine.run({})
+    assert attempt_numbers(events, "inner") == [1, 2]  # the conditional's maxRetries, the parallel's delay
+    assert attempt_numbers(events, "own") == [1]  # a step's own maxRetries wins
+    assert clock.waits == [2]
+
+
+def test_a_groups_continue_still_concerns_the_group_while_its_retries_go_inside(tmp_path):
+    workflow = {
+        "name": "group-continue",
+        "steps": [
+            {"id": "optional", "type": "parallel", "errorHandling": {"strategy": "continue", "maxRetries": 1, "delay": 0},
+             "steps": [{"id": "flaky", "run": "exit 1"}]},
+            {"id": "next", "run": "true"},
+        ],
+    }
+    clock = Clock()
+    engine, events = engine_for(tmp_path, workflow, clock)
+    status, _ = engine.run({})
+    assert status == "completed"
+    assert attempt_numbers(events, "flaky") == [1, 2]
+    [group] = [e for e in events if e["type"] == "step.finished" and e["step"] == "optional"]
+    assert group["status"] == "failed" and group["continued"] is True
+
+
+def test_engine_says_why_a_failure_was_not_retried(tmp_path):
+    workflow = {
+        "name": "not-retried",
+        "errorHandling": {"maxRetries": 3, "retryOn": ["exit:75"]},
+        "steps": [{"id": "other-code", "run": "exit 3"}],
+    }
+    clock = Clock()
+    engine, events = engine_for(tmp_path, workflow, clock)
+    engine.run({})
+    [finished] = [e for e in events if e["type"] == "step.finished"]
+    assert finished["retryStopped"] == "exit code 3 is not in retryOn (exit:75)."
+    assert clock.waits == []
 
 
 def test_engine_policy_of_a_step_overrides_the_workflows(tmp_path):

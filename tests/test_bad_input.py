@@ -715,8 +715,9 @@ def one_execution(tmp_path):
 
 
 def _a17_commands(bad: str, good_exec: str) -> list[tuple[list[str], tuple[int, ...]]]:
-    """(arguments, accepted exit codes). Execution, step and trace ids have a fixed form
-    (exit 2); a workflow may be named by any text, so a bad one is simply not found (3)."""
+    """(arguments, accepted exit codes). Execution and step ids have a fixed form
+    (exit 2); a workflow may be named by any text, so a bad one is simply not found (3);
+    a trace is found by its id or its uuid, and any other text is a trace not found (3)."""
     return [
         (["execution", bad], (2,)),
         (["logs", bad], (2,)),
@@ -727,7 +728,7 @@ def _a17_commands(bad: str, good_exec: str) -> list[tuple[list[str], tuple[int, 
         (["retry", bad, "only"], (2,)),
         (["retry", good_exec, bad], (2,)),
         (["watch", bad], (2,)),
-        (["trace", "one", bad], (2,)),
+        (["trace", "one", bad], (3,)),
         (["trace", bad, good_exec], (2, 3)),
         (["traces", bad], (2, 3)),
         (["show", bad], (2, 3)),

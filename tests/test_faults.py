@@ -185,6 +185,11 @@ IO_FAULTS = [
     ("enospc-journal:4", "", "events.jsonl", "No space left on device", ["s1"], "s2", 1),
     # The 5th append is s2's step.finished: s2 ran, its end is lost, it runs again.
     ("enospc-journal:5", "", "events.jsonl", "No space left on device", ["s1", "s2"], "s2", 2),
+    # A short write: half of s2's step.started reaches the disk, then the disk is full.
+    # s2 must not start; the half line is cut off, not glued to a later event.
+    ("short-journal:4", "", "events.jsonl", "No space left on device", ["s1"], "s2", 1),
+    # Half of s2's step.finished: s2 ran, its end is lost, it runs again.
+    ("short-journal:5", "", "events.jsonl", "No space left on device", ["s1", "s2"], "s2", 2),
     # Snapshot 2 is the one at execution.started: nothing runs.
     ("enospc-snapshot:2", "", "execution.json", "No space left on device", [], None, 1),
     # Snapshot 3 is the timed one when s2's end is journaled (s2 takes 1.5 s).

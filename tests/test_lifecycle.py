@@ -212,9 +212,9 @@ def test_pause_lets_the_running_step_finish_and_starts_nothing_until_resume(lab)
     """)
     execution_id = detach(path)
     lab.wait_started("first")
-    pauser = lab.spawn("pause", execution_id)
+    pauser = lab.spawn("pause", execution_id, "--wait")
     wait_for((execution_dir(execution_id) / "pause.json").exists, what="the pause request")
-    assert pauser.poll() is None  # pause waits for the running step
+    assert holds_for(lambda: pauser.poll() is None, seconds=0.5)  # --wait waits for the running step
     lab.go("first")
     _, err = pauser.communicate(timeout=30)
     assert pauser.returncode == 0, err
@@ -253,7 +253,7 @@ def test_a_pause_requested_while_a_step_runs_holds_the_very_next_step(lab):
             run: echo second >> {log}
     """)
     executions = [detach(path) for _ in range(3)]
-    pausers = {execution_id: lab.spawn("pause", execution_id) for execution_id in executions}
+    pausers = {execution_id: lab.spawn("pause", execution_id, "--wait") for execution_id in executions}
     said = {e: (pauser.communicate(timeout=30)[1], pauser.returncode) for e, pauser in pausers.items()}
     started = {e: lab.lines(f"starts-{e}") for e in executions}
     statuses = {e: status_of(e) for e in executions}

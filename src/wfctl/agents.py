@@ -401,7 +401,9 @@ def _open_log(path: Path):
         from wfctl.store import open_append
 
         return open_append(path)  # creates the directory first
-    return os.fdopen(fd, "ab", buffering=0)
+    from wfctl.store import AppendFile
+
+    return AppendFile(fd, "ab")  # every write complete or an error: a short write is not a write
 
 
 def _argv_text(argv: list[str]) -> str:

@@ -13,21 +13,28 @@ shapes, and failures are `wfctl.errors.WfctlError` subclasses carrying an exit c
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from wfctl import faults
 from wfctl.config import Config
 from wfctl.errors import (
     Conflict,
+    ExecutionNotFound,
     ExitCode,
     Problem,
     StepNotFound,
+    StoreError,
+    TraceNotFound,
     UsageError,
     WorkflowInvalid,
+    WorkflowNotFound,
 )
 from wfctl.model import (
     ENDED,
     LIVE,
+    TERMINAL,
     RETRYABLE_STEPS,
     Action,
     StepKey,
@@ -122,19 +129,42 @@ def list(  # noqa: A001 - the seed's SDK calls it list
     return Registry(_store()).list(status=status, category=category, page=page, size=size, limit=limit, offset=offset)
 
 
-def _looks_like_file(ref: str) -> bool:
-    return ref.endswith((".yaml", ".yml", ".json")) or os.sep in ref or Path(ref).is_file()
+WORKFLOW_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def looks_like_path(ref: str) -> bool:
+    """Is WORKFLOW_OR_FILE written as a path: `./build`, anything with a `/`, or a
+    workflow file suffix? Anything else is a registered workflow's id or name, even
+    when a file of that name happens to be in the current directory."""
+    return "/" in ref or os.sep in ref or ref.endswith(WORKFLOW_FILE_SUFFIXES)
 
 
 def _names_a_file(registry: Registry, ref: str) -> bool:
-    """Does `ref` name a workflow file? An existing file does; so does something that
-    looks like a path (a separator, a .yaml/.yml/.json suffix) and is no workflow's
-    name, so that a missing file is reported as such (exit 2), not as not found."""
-    if not _looks_like_file(ref):
+    """Does `ref` name a workflow file? Only what looks like a path can: an existing
+    file, or a missing one (exit 2, not "not found") unless a workflow has exactly
+    that name."""
+    if not looks_like_path(ref):
         return False
     if Path(ref).exists():
         return True
     return registry.find_by_name(ref) is None
+
+
+def _registered(registry: Registry, ref: str) -> dict:
+    """A registered workflow by id or name; when there is none but a file of that name
+    is here, the error says how to run the file."""
+    try:
+        return registry.resolve(ref)
+    except WorkflowNotFound as err:
+        if Path(ref).is_file():
+            from wfctl.store import printable
+
+            shown = printable(ref)
+            raise WorkflowNotFound(
+                f"{err.message.rstrip('.')}; a name without a / is a registered workflow's: "
+                f"to run the file '{shown}', write ./{shown}."
+            ) from None
+        raise
 
 
 def resolve_workflow(ref: str) -> dict:
@@ -145,7 +175,7 @@ def resolve_workflow(ref: str) -> dict:
         definition, path = _load_definition(ref)
         record, _ = registry.register(definition, source=path, update=True)
         return record
-    return registry.resolve(ref)
+    return _registered(registry, ref)
 
 
 def definition_of(ref: str) -> dict:
@@ -153,7 +183,7 @@ def definition_of(ref: str) -> dict:
     registry = Registry(_store())
     if _names_a_file(registry, ref):
         return _load_definition(ref)[0]
-    return registry.resolve(ref)["definition"]
+    return _registered(registry, ref)["definition"]
 
 
 # -- executions -----------------------------------------------------------------------------
@@ -210,7 +240,7 @@ def prepare(
     config = Config()
     known_agents, known_teams = _known(config) if not dry_run else (None, None)
     source: Path | None = None
-    record = None if _names_a_file(registry, workflow) else registry.resolve(workflow)
+    record = None if _names_a_file(registry, workflow) else _registered(registry, workflow)
     if record is None:
         # A file: checked whole (its agents and teams too, with lines), and registered
         # only once everything below has been checked as well.
@@ -287,16 +317,21 @@ def run_prepared(
     With `queue`, it first waits for a free slot when `defaults.max_running`
     executions are already running (high priority first, then oldest).
     """
+    from wfctl.control import Control
     from wfctl.runner import run_execution, runner_lock, run_slot
 
     store = _store()
     with runner_lock(store, execution_id):
         state, intact = load_execution_state(execution_id)
+        if state.document.get("status") in TERMINAL and not state.document.get("startedAt"):
+            return public_document(state.document)  # cancelled before its runner got to it
         if state.document.get("status") not in ("pending", "interrupted") or state.document.get("startedAt"):
             raise Conflict(f"execution {execution_id} has already started; use `wfctl resume` to continue it.")
         frozen = store.load_frozen_workflow(execution_id)
         config = Config()
-        with run_slot(store, config, state.document, wait=queue):
+        control = Control(store.execution_dir(execution_id))
+        # A cancel while queued ends the wait: the run then ends at once, no step started.
+        with run_slot(store, config, state.document, wait=queue, give_up=lambda: control.cancel_request() is not None):
             run_execution(
                 store, execution_id, build_workflow(frozen["definition"]), state, dict(state.document.get("input") or {}),
                 _run_options(config, frozen.get("options") or {}, state.document, on_event=on_event, on_start=on_start),
@@ -530,7 +565,7 @@ def load_execution_state(execution_id: str) -> tuple[ExecutionState, int]:
     for event in events:
         state.apply(event)
     if state.document.get("status") in LIVE and not runner_alive(store, execution_id):
-        state.document["status"] = "interrupted"
+        state.mark_interrupted()
     return state, offset + intact
 
 
@@ -550,38 +585,62 @@ def get_execution(execution_id: str) -> dict:
 
 
 def list_executions(*, workflow: str | None = None, status: str | None = None, limit: int = 20) -> dict:
-    """Executions newest first, as an envelope like the seed's lists."""
+    """Executions newest first, as an envelope like the seed's lists.
+
+    An execution that cannot be read is listed all the same, with its id, the status
+    `unreadable` and the error: a list never hides what it counts.
+    """
     if limit < 1:
         raise UsageError("--limit must be 1 or more.")
     store = _store()
     workflow_id = None
     if workflow is not None:
-        workflow_id = Registry(store).resolve(workflow)["workflowId"]
+        workflow_id = Registry(store).resolve_history(workflow)
     ids = store.execution_ids()
     unfiltered = workflow_id is None and status is None
     elements = []
     count = 0
+    gone = 0
     for execution_id in ids:
         if unfiltered and len(elements) >= limit:
             break
         try:
-            document = get_execution(execution_id)
-        except Exception:  # one unreadable execution must not hide the others
+            element = summary(get_execution(execution_id))
+        except ExecutionNotFound:
+            gone += 1  # removed (pruned) since the directory was listed
             continue
-        if workflow_id is not None and document.get("workflowId") != workflow_id:
+        except Exception as err:  # one unreadable execution must not hide the others
+            element = unreadable(execution_id, err)
+        if workflow_id is not None and element.get("workflowId") != workflow_id:
             continue
-        if status is not None and document.get("status") != status:
+        if status is not None and element.get("status") != status:
             continue
         count += 1
         if len(elements) < limit:
-            elements.append(summary(document))
+            elements.append(element)
     if unfiltered:
-        count = len(ids)
+        count = len(ids) - gone
     return {"entities": "Execution", "count": count, "elements": elements}
 
 
-def summary(document: dict) -> dict:
+def unreadable(execution_id: str, err: Exception) -> dict:
+    """The list element of an execution that cannot be read, saying why."""
+    message = getattr(err, "message", None) or f"{type(err).__name__}: {err}"
     return {
+        "executionId": execution_id,
+        "workflowId": None,
+        "workflowName": None,
+        "status": "unreadable",
+        "progress": None,
+        "priority": None,
+        "startedAt": None,
+        "completedAt": None,
+        "error": message,
+    }
+
+
+def summary(document: dict) -> dict:
+    element = {
         "executionId": document["executionId"],
         "workflowId": document.get("workflowId"),
         "workflowName": document.get("workflowName"),
@@ -591,6 +650,9 @@ def summary(document: dict) -> dict:
         "startedAt": document.get("startedAt"),
         "completedAt": document.get("completedAt"),
     }
+    if document.get("dryRun"):
+        element["dryRun"] = True
+    return element
 
 
 def logs(execution_id: str, step: str | None = None, *, raw: bool = False) -> dict:
@@ -622,68 +684,161 @@ def logs(execution_id: str, step: str | None = None, *, raw: bool = False) -> di
 
 def cancel(execution_id: str, reason: str | None = None, *, wait: float = 30.0) -> dict:
     """Cancel an execution: its runner terminates the running step processes and
-    starts nothing new. An interrupted execution (no runner) is marked cancelled here.
-    Returns the execution document once it has ended (or after `wait` seconds)."""
-    from wfctl.control import Control, wait_until
-    from wfctl.runner import runner_alive, runner_lock
+    starts nothing new; a queued or starting run ends before its first step; an
+    execution that no process runs (interrupted, or prepared and not yet picked up)
+    is marked cancelled here. Returns the execution document once it has ended (or
+    after `wait` seconds, with `cancelRequested`); an execution that ended otherwise
+    before the cancel could take effect is a Conflict (exit 6)."""
+    from wfctl.control import Control
+    from wfctl.runner import runner_alive
 
     store = _store()
-    state = load_execution(execution_id)
-    status = state.document.get("status")
-    if not allows(status, Action.CANCEL):
+    status = get_execution(execution_id).get("status")
+    # A finished execution whose runner is still there is being retried (or is writing
+    # its last records): the request is made, and the wait below tells which.
+    if status in TERMINAL and not runner_alive(store, execution_id):
         raise Conflict(f"execution {execution_id} is already {status}; there is nothing to cancel.")
     control = Control(store.execution_dir(execution_id))
-    control.request_cancel(reason)
-    if not runner_alive(store, execution_id):
-        try:
-            with runner_lock(store, execution_id):
-                _finish_without_runner(store, execution_id, "cancelled", reason)
-        except Conflict:
-            pass  # a runner took it meanwhile: it will see the request
-    wait_until(lambda: not allows(get_execution(execution_id).get("status"), Action.CANCEL)
-               or not runner_alive(store, execution_id), wait)
-    wait_until(lambda: not runner_alive(store, execution_id), 5.0)
-    return get_execution(execution_id)
+    request = control.request_cancel(reason)
+    if _asked_from_inside(store, execution_id):
+        # One of its own steps asks: its runner stops it once that step is stopped.
+        return {**get_execution(execution_id), "cancelRequested": True}
+    _await_cancel(store, execution_id, reason, wait)
+    document = get_execution(execution_id)
+    status = document.get("status")
+    if status == "cancelled" or (status in TERMINAL and not runner_alive(store, execution_id)):
+        control.withdraw_cancel(request)  # answered, or left unapplied: no run may inherit it
+    if status == "cancelled":
+        return document
+    if status in TERMINAL and not runner_alive(store, execution_id):
+        raise Conflict(f"execution {execution_id} {status} before the cancel could take effect.")
+    return {**document, "cancelRequested": True}  # still being stopped: its runner applies the request
 
 
-def _finish_without_runner(store: Store, execution_id: str, status: str, reason: str | None) -> None:
-    """End an execution that no process runs (interrupted) by appending to its journal."""
+def _await_cancel(store: Store, execution_id: str, reason: str | None, wait: float) -> None:
+    """Wait (at most `wait` seconds) until the execution has ended and no runner holds
+    it; end it here when no runner does (and none takes it meanwhile)."""
+    import time
+
+    from wfctl.control import WATCH_SECONDS
+    from wfctl.runner import runner_alive
+
+    deadline = time.monotonic() + wait
+    ended_at: float | None = None
+    while True:
+        if not runner_alive(store, execution_id):
+            if get_execution(execution_id).get("status") in TERMINAL:
+                return
+            if _cancel_without_runner(store, execution_id, reason):
+                return
+        elif ended_at is None and get_execution(execution_id).get("status") in TERMINAL:
+            # Ended: its runner has its last records to write (trace, notifications).
+            ended_at = time.monotonic()
+            deadline = min(deadline, ended_at + 5.0)
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(WATCH_SECONDS / 2)
+
+
+def _cancel_without_runner(store: Store, execution_id: str, reason: str | None) -> bool:
+    """Cancel an execution that no process runs, holding its lock; False when a runner
+    took it meanwhile (that runner applies the request)."""
+    from wfctl.runner import runner_lock
+
+    try:
+        with runner_lock(store, execution_id):
+            state, intact = load_execution_state(execution_id)
+            if state.document.get("status") not in TERMINAL:
+                _finish_without_runner(store, execution_id, state, intact, "cancelled", reason)
+    except Conflict:
+        return False
+    return True
+
+
+def _asked_from_inside(store: Store, execution_id: str) -> bool:
+    """Does the request come from the execution itself: one of its command steps
+    (WFCTL_EXECUTION_ID), or an in-process step of the process that runs it? Waiting
+    there for the execution to pause or end would wait for itself."""
+    from wfctl.runner import runs_here
+
+    return os.environ.get("WFCTL_EXECUTION_ID") == execution_id or runs_here(store, execution_id)
+
+
+def _finish_without_runner(
+    store: Store, execution_id: str, state: ExecutionState, intact: int, status: str, reason: str | None
+) -> None:
+    """End an execution that no process runs by appending to its journal (the caller
+    holds its runner lock); the cancel request it answers goes once that is durable."""
     from wfctl import events
     from wfctl.control import Control
-    from wfctl.runner import Recorder, write_trace
+    from wfctl.runner import Recorder, settle_requests, write_trace
 
-    state, intact = load_execution_state(execution_id)
     recorder = Recorder(store, execution_id, state, intact=intact)
     for record in walk(state.document["steps"]):
         if record.get("status") == "running":
             recorder(events.step_reset(now_iso(), record["id"], status="cancelled"))
     recorder(events.execution_finished(now_iso(), status, reason=reason, with_reason=True))
     recorder.close()
-    Control(store.execution_dir(execution_id)).clear_cancel()
+    if recorder.broken:
+        raise StoreError(f"{recorder.broken}; the execution was not cancelled.")
+    settle_requests(Control(store.execution_dir(execution_id)), state.document)
     write_trace(store, state.document, build_workflow(store.load_frozen_workflow(execution_id)["definition"]))
 
 
-def pause(execution_id: str, *, wait: float = 30.0) -> dict:
-    """Pause a running execution: no new step starts; running steps finish; then
-    its status is `paused`. Returns the document once paused (or after `wait`)."""
-    from wfctl.control import Control, wait_until
+PAUSE_WAIT = 300.0  # the default bound of `pause --wait`, in seconds
+
+
+def pause(execution_id: str, *, wait: bool = False, timeout: float = PAUSE_WAIT) -> dict:
+    """Ask a running execution to pause: no new step starts; running steps finish;
+    then its status is `paused`. Returns at once with `pauseRequested: true`; with
+    `wait`, once it is paused (a Conflict when it ends first or `timeout` passes).
+
+    An execution that has not started yet (queued, or about to be picked up) pauses
+    as soon as it starts. Asked from inside the execution itself, it never waits.
+    """
+    from wfctl.control import Control
     from wfctl.runner import runner_alive
 
     store = _store()
     document = get_execution(execution_id)
     status = document.get("status")
-    if status == "paused":
-        return document
-    if not allows(status, Action.PAUSE) or not runner_alive(store, execution_id):
+    alive = runner_alive(store, execution_id)
+    not_started = not document.get("startedAt") and status not in TERMINAL
+    if status != "paused" and not (alive and status in ("running", "pending")) and not not_started:
         raise Conflict(f"execution {execution_id} is {status}; only a running execution can be paused.")
     control = Control(store.execution_dir(execution_id))
     control.request_pause()
-    wait_until(lambda: get_execution(execution_id).get("status") != "running", wait)
-    document = get_execution(execution_id)
-    if not allows(document.get("status"), Action.CANCEL):  # it ended meanwhile
-        control.clear_pause()
-        raise Conflict(f"execution {execution_id} {document['status']} before it could pause.")
-    return document
+    if wait and not _asked_from_inside(store, execution_id):
+        document = _await_pause(store, execution_id, control, timeout)
+    else:
+        document = get_execution(execution_id)
+    return {**document, "pauseRequested": True}
+
+
+def _await_pause(store: Store, execution_id: str, control: Any, timeout: float) -> dict:
+    """Wait until the execution is paused; a Conflict when it ends, loses its runner or
+    is still running after `timeout` seconds."""
+    import time
+
+    from wfctl.control import WATCH_SECONDS
+
+    deadline = time.monotonic() + timeout
+    while True:
+        document = get_execution(execution_id)
+        status = document.get("status")
+        if status == "paused":
+            return document
+        if status in TERMINAL:
+            control.clear_pause()
+            raise Conflict(f"execution {execution_id} {status} before it could pause.")
+        if status == "interrupted" and document.get("startedAt"):
+            raise Conflict(f"execution {execution_id} lost its runner before it could pause; `wfctl resume` continues it.")
+        if time.monotonic() >= deadline:
+            raise Conflict(
+                f"execution {execution_id} is still {status} after {timeout:g}s (a step is still running); "
+                "the pause stays requested."
+            )
+        time.sleep(WATCH_SECONDS / 2)
 
 
 def resume(
@@ -707,7 +862,7 @@ def resume(
     control = Control(store.execution_dir(execution_id))
     if runner_alive(store, execution_id):
         if control.clear_pause() or status == "paused":
-            return get_execution(execution_id)
+            return _await_unpaused(store, execution_id)
         from wfctl.runner import lock_holder
 
         raise Conflict(
@@ -723,6 +878,28 @@ def resume(
     with runner_lock(store, execution_id):
         state, intact = load_execution_state(execution_id)
         return _continue(store, execution_id, state, intact, on_event=on_event, on_start=on_start)
+
+
+RESUME_ACK_WAIT = 10.0  # seconds a runner gets to say it carries on after a resume
+
+
+def _await_unpaused(store: Store, execution_id: str) -> dict:
+    """The document once the runner has acknowledged the resume (its status is no
+    longer `paused`), so that what `resume` reports is not the state it just ended;
+    bounded, and at once when the runner goes away."""
+    import time
+
+    from wfctl.control import WATCH_SECONDS
+    from wfctl.runner import runner_alive
+
+    deadline = time.monotonic() + RESUME_ACK_WAIT
+    while True:
+        document = get_execution(execution_id)
+        if document.get("status") != "paused" or time.monotonic() >= deadline:
+            return document
+        if not runner_alive(store, execution_id):
+            return get_execution(execution_id)
+        time.sleep(WATCH_SECONDS / 2)
 
 
 def watch(
@@ -762,73 +939,166 @@ def watch(
                 if on_event is not None:
                     on_event(event, state)
         if not chunk and not alive:
-            if state.document.get("status") not in ENDED:
-                state.document["status"] = "interrupted"
+            if state.document.get("status") not in TERMINAL:
+                state.mark_interrupted()
             break
         if not chunk:
             time.sleep(poll)
     return public_document(state.document)
 
 
-def prune(*, older_than: float, statuses: list[str] | None = None, dry_run: bool = False) -> dict:
-    """Remove executions that ended more than `older_than` seconds ago, and their traces.
+def prune(
+    *, older_than: float, statuses: list[str] | None = None, dry_run: bool = False, include_interrupted: bool = False
+) -> dict:
+    """Remove executions whose last event is more than `older_than` seconds old, and
+    their traces.
 
-    Running executions are never removed. Each removal is atomic: the directory is
-    renamed out of the way first, so a reader sees the whole execution or none of it.
+    Age counts from an execution's last event: when it ended, or, for an interrupted
+    one, the last thing its journal or snapshot recorded. Interrupted executions can
+    still be resumed, so they are kept unless `include_interrupted` (or `interrupted`
+    is one of `statuses`). Running executions are never removed: each removal holds
+    the execution's runner lock from the last look to the rename, so a `resume` or
+    `retry` cannot start in between; the directory is renamed out of the way first,
+    so a reader sees the whole execution or none of it.
     """
-    import shutil
     import time
-
-    from wfctl.record import parse_iso
-    from wfctl.runner import runner_alive
 
     store = _store()
     cutoff = time.time() - older_than
+    include_interrupted = include_interrupted or "interrupted" in (statuses or ())
     removed = []
     for execution_id in store.execution_ids():
         try:
             document = get_execution(execution_id)
         except Exception:  # unreadable executions are left for a person to look at
             continue
-        status = document.get("status")
-        if statuses and status not in statuses:
+        if not _prunable(store, document, cutoff, statuses, include_interrupted):
             continue
-        if status not in ENDED:
-            continue
-        ended = document.get("completedAt") or document.get("startedAt")
-        if not ended or parse_iso(ended).timestamp() > cutoff or runner_alive(store, execution_id):
-            continue
-        removed.append({"executionId": execution_id, "workflowId": document.get("workflowId"), "status": status})
-        if dry_run:
-            continue
-        trash = store.executions_dir / f".trash-{execution_id}"
-        os.rename(store.execution_dir(execution_id), trash)
-        try:
-            os.unlink(store.trace_path(document["workflowId"], execution_id))
-        except (FileNotFoundError, UsageError):
-            pass
-        shutil.rmtree(trash, ignore_errors=True)
+        if not dry_run:
+            document = _remove_execution(store, execution_id, cutoff, statuses, include_interrupted)
+            if document is None:
+                continue
+        removed.append({"executionId": execution_id, "workflowId": document.get("workflowId"), "status": document.get("status")})
     return {"removed": removed, "count": len(removed), "dryRun": dry_run}
+
+
+def _prunable(store: Store, document: dict, cutoff: float, statuses: list[str] | None, include_interrupted: bool) -> bool:
+    status = document.get("status")
+    if statuses and status not in statuses:
+        return False
+    if status not in TERMINAL and not (status == "interrupted" and include_interrupted):
+        return False
+    last = _last_event_time(store, document)
+    return last is not None and last <= cutoff
+
+
+def _last_event_time(store: Store, document: dict) -> float | None:
+    """When an execution last did something (epoch seconds): when it ended, or for
+    one that did not end, the latest write to its journal or snapshot (each event is
+    appended as it happens), else when it started."""
+    from wfctl.record import parse_iso
+
+    if document.get("status") in TERMINAL and document.get("completedAt"):
+        return parse_iso(document["completedAt"]).timestamp()
+    exec_dir = store.execution_dir(document["executionId"])
+    times = []
+    for name in ("events.jsonl", "execution.json"):
+        try:
+            times.append(os.stat(exec_dir / name, follow_symlinks=False).st_mtime)
+        except FileNotFoundError:
+            pass
+    if not times and document.get("startedAt"):
+        times.append(parse_iso(document["startedAt"]).timestamp())
+    return max(times) if times else None
+
+
+def _remove_execution(
+    store: Store, execution_id: str, cutoff: float, statuses: list[str] | None, include_interrupted: bool
+) -> dict | None:
+    """Remove one execution and its trace while holding its runner lock; None when it
+    is being run, was removed meanwhile, or no longer qualifies once locked."""
+    import shutil
+
+    from wfctl.runner import runner_lock
+
+    try:
+        with runner_lock(store, execution_id):
+            document = _document_while_locked(execution_id)
+            if not _prunable(store, document, cutoff, statuses, include_interrupted):
+                return None
+            faults.stall("stall-prune")
+            trash = store.executions_dir / f".trash-{execution_id}"
+            os.rename(store.execution_dir(execution_id), trash)
+            try:
+                os.unlink(store.trace_path(document["workflowId"], execution_id))
+            except (FileNotFoundError, UsageError):
+                pass
+            shutil.rmtree(trash, ignore_errors=True)
+    except (Conflict, ExecutionNotFound):
+        return None  # a runner holds it, or it is already gone
+    return document
+
+
+def _document_while_locked(execution_id: str) -> dict:
+    """The execution document read by the holder of its runner lock: no other process
+    runs it, so a status that says it runs means its runner died."""
+    document = public_document(load_execution(execution_id).document)
+    if document.get("status") in ("pending", "running", "paused"):
+        document["status"] = "interrupted"
+    return document
 
 
 # -- traces ---------------------------------------------------------------------------------
 def traces(workflow: str, *, page: int = 1, size: int | None = None) -> dict:
-    """The seed 000 trace list of a workflow (by id or name), newest first."""
+    """The seed 000 trace list of a workflow (by id or name, deleted ones too), newest first."""
     store = _store()
-    workflow_id = Registry(store).resolve(workflow)["workflowId"]
+    workflow_id = Registry(store).resolve_history(workflow)
     elements = []
     for trace_id in store.trace_ids(workflow_id):
         try:
             trace = store.trace_summary(workflow_id, trace_id)
         except Exception:  # a trace removed meanwhile is left out
             continue
-        elements.append(
-            {key: trace.get(key) for key in ("id", "workflow_id", "uuid", "run_date", "status")}
-        )
+        element = {key: trace.get(key) for key in ("id", "workflow_id", "uuid", "run_date", "status")}
+        if trace.get("dryRun"):
+            element["dryRun"] = True
+        elements.append(element)
     return paginate("WorkflowTrace", elements, page=page, size=size, default_size=50)
 
 
 def trace(workflow: str, trace_id: str) -> dict:
+    """One trace of a workflow (deleted ones too), by its id (the execution id of the
+    run) or its `uuid`; any other text is a trace that is not found (exit 3)."""
+    from wfctl.store import is_execution_id
+
     store = _store()
-    workflow_id = Registry(store).resolve(workflow)["workflowId"]
-    return store.load_trace(workflow_id, trace_id)
+    workflow_id = Registry(store).resolve_history(workflow)
+    if is_execution_id(trace_id):
+        try:
+            return store.load_trace(workflow_id, trace_id)
+        except TraceNotFound:
+            pass
+    elif _UUID.fullmatch(trace_id):
+        found = _trace_by_uuid(store, workflow_id, trace_id.lower())
+        if found is not None:
+            return found
+    from wfctl.store import printable
+
+    raise TraceNotFound(
+        f"{TraceNotFound.seed_message} Workflow {workflow_id} has no trace '{printable(trace_id)}' "
+        f"(see `wfctl traces {workflow_id}`)."
+    )
+
+
+_UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+
+
+def _trace_by_uuid(store: Store, workflow_id: str, uuid: str) -> dict | None:
+    """The trace whose `uuid` field is `uuid` (read from each trace's head)."""
+    for candidate in store.trace_ids(workflow_id):
+        try:
+            if store.trace_summary(workflow_id, candidate).get("uuid") == uuid:
+                return store.load_trace(workflow_id, candidate)
+        except (TraceNotFound, StoreError):
+            continue  # removed meanwhile, or unreadable: not the one
+    return None

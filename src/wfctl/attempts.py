@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import ChainMap
+from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from wfctl import events, faults
@@ -49,18 +50,20 @@ class AttemptRunner:
         run = self.run
         with run.active_lock:
             run.active += 1
+            run.in_flight[key] = None
         try:
             return self._attempts(step, key, frame, agent_name, task, member_of)
         finally:
             with run.active_lock:
                 run.active -= 1
+                run.in_flight.pop(key, None)
 
     def _attempts(
         self, step: Step, key: str, frame: Frame, agent_name: str | None, task: Any, member_of: str | None
     ) -> tuple[bool, Any, dict | None]:
         run = self.run
         clock = run.clock
-        policy = step.policy
+        policy = run.policy_of(step, frame)
         parent = member_of or frame.parent
         resolved = self.agent_for(agent_name, step)
         label = agent_name or "run"
@@ -76,9 +79,14 @@ class AttemptRunner:
         # would after a recorded start.
         fold = resolved is not None and "python" in resolved[1] and run.settings.executor.runs_in_process
         deferred: dict | None = None
+        retry_stopped: str | None = None  # why a failed attempt was not retried, when the policy allowed more
+        awaited = ""  # the retry being waited for, in words
         while True:
             if frame.scope.aborted():
-                outcome = outcome or failure("cancelled", "cancelled before it started.")
+                if outcome is None:
+                    outcome = failure("cancelled", "cancelled before it started.")
+                else:  # the cancel or timeout came between two attempts
+                    outcome = self._stopped_outcome(awaited, outcome.exit_code)
                 break
             attempt += 1
             event = events.attempt_started(run.now(), key, step.id, attempt, label, parent=parent)
@@ -96,28 +104,34 @@ class AttemptRunner:
                 outcome = self._attempt(step, key, frame, resolved[1], task, attempt, scope)
                 faults.crash("after-step")  # tests: the step ran, its end is not recorded yet
             if not outcome.ok and outcome.error and outcome.error["kind"] == "cancelled" and run.cancel_status == "timed_out":
-                outcome = failure("timeout", run.cancel_reason or "the workflow timed out.", outcome.exit_code)
+                reason = run.cancel_reason or "the workflow timed out"
+                outcome = failure("timeout", f"{reason} while step '{key}' was running.", outcome.exit_code)
             if outcome.ok:
                 break
             if deferred is not None:
                 run.emit(deferred)  # a failed attempt is recorded in full
                 deferred = None
             kind = outcome.error["kind"] if outcome.error else "failed"
-            if not self._should_retry(policy, kind, outcome, attempt - first_attempt + 1, started, frame):
+            tries = attempt - first_attempt + 1
+            if frame.scope.aborted() or kind == "cancelled" or tries >= policy.attempts:
                 break
-            wait = backoff_delay(policy, attempt - first_attempt + 1)
-            if policy.max_duration is not None:
-                wait = min(wait, max(0.0, policy.max_duration - (clock.monotonic() - started)))
+            wait = backoff_delay(policy, tries)
+            retry_stopped = why_no_retry(policy, kind, outcome.exit_code, tries, clock.monotonic() - started, wait)
+            if retry_stopped is not None:
+                break
             run.emit(events.attempt_failed(
                 run.now(), key, attempt, exit_code=outcome.exit_code, error=outcome.error,
                 attempt_duration=clock.monotonic() - attempt_started, retry_in=wait, worker=outcome.worker,
             ))
-            run.wait(wait, frame.scope)
-        return self._finish(step, key, policy, outcome, attempt, parent, member_of, started, attempt_started, deferred)
+            awaited = f"the wait before retry {tries} (attempt {attempt + 1}) of step '{key}'"
+            run.wait(wait, frame.scope, key, awaited)
+        return self._finish(step, key, policy, outcome, attempt, parent, member_of, started, attempt_started,
+                            deferred, retry_stopped)
 
     def _finish(
         self, step: Step, key: str, policy: Policy, outcome: Outcome, attempt: int, parent: str | None,
         member_of: str | None, started: float, attempt_started: float, deferred: dict | None,
+        retry_stopped: str | None,
     ) -> tuple[bool, Any, dict | None]:
         """The step's end event, after its last attempt."""
         run = self.run
@@ -143,6 +157,8 @@ class AttemptRunner:
             events.with_output(event, outcome.output, step.output if member_of is None else None)
         else:
             event["error"] = outcome.error
+            if retry_stopped is not None:
+                event["retryStopped"] = retry_stopped
             if status == StepStatus.FAILED:
                 self.mark_failure(event, policy)
         if outcome.worker:
@@ -159,15 +175,15 @@ class AttemptRunner:
         """Failure events say what happens next, for the record and for notifications."""
         events.with_error(event, None, continued=policy.strategy == "continue", notify=policy.notify_on_error)
 
-    def _should_retry(self, policy: Policy, kind: str, outcome: Outcome, tries: int, started: float,
-                      frame: Frame) -> bool:
-        if frame.scope.aborted() or policy.strategy == "fail" or tries >= policy.attempts:
-            return False
-        if not policy.retries(kind, outcome.exit_code):
-            return False
-        if policy.max_duration is not None and self.run.clock.monotonic() - started >= policy.max_duration:
-            return False
-        return True
+    def _stopped_outcome(self, awaited: str, exit_code: int | None) -> Outcome:
+        """How a step ends when a cancel or timeout comes while it waits for a retry:
+        a timeout fails it (kind timeout), any other stop cancels it; either way the
+        error says which wait was cut short."""
+        run = self.run
+        if run.cancel_status == "timed_out":
+            return failure("timeout", f"{run.cancel_reason} during {awaited}.", exit_code)
+        what = "cancelled" if run.cancel_status == "cancelled" else (run.cancel_reason or run.cancel_status)
+        return failure("cancelled", f"{what} during {awaited}.", exit_code)
 
     # -- one attempt -------------------------------------------------------------------------
     def agent_for(self, name: str | None, step: Step) -> tuple[str, dict] | None:
@@ -245,7 +261,7 @@ class AttemptRunner:
     ) -> Result:
         """A step failed for good (after its retries): fallback, continue, or fail."""
         run = self.run
-        policy = step.policy
+        policy = run.policy_of(step, frame)
         failure_before, escalations_before = before
         # Inside a fallback the workflow's fallback is not used again: it would stand in
         # for itself without end.
@@ -261,7 +277,10 @@ class AttemptRunner:
                 "attempts": error.get("attempts", 1),
                 "step": key,
             }
-            inner = Frame(frame.scope, suffix, key, names, frame.item, frame.index, frame.in_loop, in_fallback=True)
+            # The workflow's fallback inherits the retry fields handed down to the step it
+            # stands in for; a step's own fallback already has them in the model.
+            inherited = frame.inherited if step.fallback is not None else (frame.inherited or step.inherited)
+            inner = replace(frame, suffix=suffix, parent=key, locals=names, in_fallback=True, inherited=inherited)
             result = run_step(fallback, inner)
             if result.ok:
                 run.failure = failure_before
@@ -273,7 +292,7 @@ class AttemptRunner:
                 run.store_output(step, frame, StepStatus.COMPLETED, result.value)
                 return Result(True, result.value, ListOutcome.SUCCEEDED)
         run.store_output(step, frame, StepStatus.FAILED, None)
-        if policy.strategy == "continue":
+        if policy.strategy == "continue" and not run.cancelled:
             # Recorded as failed; the run goes on, and later steps get null for its output.
             run.failure = failure_before
             run.clear_output(step, frame)
@@ -282,13 +301,12 @@ class AttemptRunner:
             run.failure = {"step": key, **{k: v for k, v in error.items() if k != "attempts"}}
         if policy.escalate and run.escalations == escalations_before:
             # Escalated once, by the innermost step that failed, not again by its parents.
-            self.escalate(step, key, frame, error)
+            self.escalate(step, key, frame, policy, error)
         return Result(False, None, ListOutcome.FAILED)
 
-    def escalate(self, step: Step, key: str, frame: Frame, error: dict) -> None:
+    def escalate(self, step: Step, key: str, frame: Frame, policy: Policy, error: dict) -> None:
         """Hand a final failure to the escalation agent; the execution is marked escalated."""
         run = self.run
-        policy = step.policy
         run.escalated = True
         run.escalations += 1
         target = policy.escalate_to
@@ -311,6 +329,23 @@ class AttemptRunner:
             outcome = run.settings.executor.run(resolved[1], ctx)
         run.emit(events.execution_escalated(run.now(), key, target, ok=outcome.ok, output=outcome.output,
                                             error=outcome.error))
+
+
+def why_no_retry(policy: Policy, kind: str, exit_code: int | None, tries: int, elapsed: float,
+                 wait: float) -> str | None:
+    """None when retry number `tries` follows a failed attempt; otherwise why not, for
+    the step's record (the policy allows more attempts, so the reason is worth saying)."""
+    if kind not in ("failed", "timeout"):
+        return "errors (wfctl could not run the step) are never retried."
+    if not policy.retries(kind, exit_code):
+        what = "a timeout" if kind == "timeout" else (f"exit code {exit_code}" if exit_code is not None else "this failure")
+        return f"{what} is not in retryOn ({', '.join(policy.retry_on)})."
+    if policy.max_duration is not None and elapsed + wait > policy.max_duration:
+        return (
+            f"retry {tries} would start {elapsed + wait:.1f}s into the step ({elapsed:.1f}s so far, then a "
+            f"{wait:.3g}s wait), past maxDuration ({policy.max_duration:g}s)."
+        )
+    return None
 
 
 def render(template: Any, scope: Mapping) -> Any:

@@ -4,11 +4,18 @@
 process running it watches for requests (every WATCH_SECONDS) and acts on them. Files
 work across terminals, CI steps and reboots, need no server, and a request made while
 no runner is alive is still there when one starts again.
+
+A request is never cleared unread: a cancel request is removed only once a run has
+applied it and its record says so (the runner, or `cancel` itself for an execution
+that no process runs), or by the `cancel` that made it when the execution ended
+before anything applied it (and that `cancel` says so). A run starting (execute,
+a queued run, resume, retry) applies a cancel request it finds.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -28,8 +35,32 @@ class Control:
         self.cancel_path = execution_dir / "cancel.json"
         self.pause_path = execution_dir / "pause.json"
 
-    def request_cancel(self, reason: str | None) -> None:
-        write_json_atomic(self.cancel_path, {"reason": reason, "at": now_iso(), "pid": os.getpid()})
+    def request_cancel(self, reason: str | None) -> dict:
+        """Ask for a cancel; returns the request (its `id` lets its maker withdraw it)."""
+        request = {"reason": reason, "at": now_iso(), "pid": os.getpid(), "id": secrets.token_hex(8)}
+        write_json_atomic(self.cancel_path, request)
+        return request
+
+    def withdraw_cancel(self, request: dict) -> bool:
+        """Remove `request` if it is still there, never applied (the execution ended
+        first); True if it was. Another process's newer request is left alone."""
+        current = self.cancel_request()
+        if current is None or current.get("id") != request.get("id"):
+            return False
+        self.clear_cancel()
+        return True
+
+    def drop_applied_cancel(self, document: dict) -> None:
+        """A request that the record shows applied is no request for a new run: the
+        runner that applied it died between recording the cancel and removing it."""
+        request = self.cancel_request()
+        if (
+            request is not None
+            and document.get("status") == "cancelled"
+            and request.get("reason") == document.get("cancelReason")
+            and str(request.get("at") or "") <= str(document.get("completedAt") or "")
+        ):
+            self.clear_cancel()
 
     def request_pause(self) -> None:
         write_json_atomic(self.pause_path, {"at": now_iso(), "pid": os.getpid()})
@@ -108,12 +139,20 @@ class Watcher:
         with self._checking:
             self._check()
 
-    def _check(self) -> None:
+    def check_cancel(self) -> None:
+        """Apply a cancel request, if there is one (also before the run's first event)."""
+        with self._checking:
+            self._check_cancel()
+
+    def _check_cancel(self) -> None:
         request = self.control.cancel_request()
         if request is not None and not self.engine.cancelled:
             self.engine.cancel(request.get("reason"), status="cancelled")
             with self._condition:
                 self._condition.notify_all()
+
+    def _check(self) -> None:
+        self._check_cancel()
         pausing = self.control.pause_requested()
         with self._condition:
             if pausing and not self._pausing:

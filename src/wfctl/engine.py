@@ -80,11 +80,14 @@ class Engine:
 
     # -- running ----------------------------------------------------------------------------
     def run(self, input: Mapping[str, Any], *, started: dict | None = None) -> tuple[str, dict | None]:
-        """Run every step; returns (final status, error of the step that ended the run)."""
+        """Run every step; returns (final status, error of the step that ended the run).
+        `started` may hold the start's time (`at`) and the `estimatedCompletion`."""
         run = self.run_context
         run.input.update(input)
         run.state.update(input)
-        run.emit(events.execution_started(run.now(), estimated_completion=(started or {}).get("estimatedCompletion")))
+        started = started or {}
+        run.emit(events.execution_started(started.get("at") or run.now(),
+                                          estimated_completion=started.get("estimatedCompletion")))
         outcome = self.scheduler.run_list(self.workflow.steps, Frame(run.root), self.workflow.max_concurrency)
         if run.cancelled:
             status = run.cancel_status
@@ -92,8 +95,13 @@ class Engine:
             status = ExecutionStatus.COMPLETED
         else:
             status = ExecutionStatus.FAILED
-        error = run.failure if status in (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT) else None
-        reason = run.cancel_reason if status in (ExecutionStatus.CANCELLED, ExecutionStatus.INTERRUPTED,
-                                                 ExecutionStatus.TIMED_OUT) else None
+        error = reason = None
+        if status in (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT):
+            # Every unsuccessful end says what happened, also when no step failed (a
+            # timeout during a backoff wait, a pause, or before any step started).
+            run.failure = run.failure or run.stop_error()
+            error = run.failure
+        if status in (ExecutionStatus.CANCELLED, ExecutionStatus.INTERRUPTED, ExecutionStatus.TIMED_OUT):
+            reason = run.cancel_reason or f"cancelled {run.stopped_at[0]}"
         run.emit(events.execution_finished(run.now(), status, error=error, reason=reason))
         return status, run.failure

@@ -7,9 +7,15 @@ separated by commas) makes the runner fail there:
     mid-append      exit hard in the middle of a journal append (half a line on disk)
     before-rename   exit hard after a snapshot's temp file is written, before the rename
     enospc-journal  the journal append fails with "No space left on device"
+    short-journal   the journal append writes half its line, then fails with "No space
+                    left on device" (a disk that fills up in the middle of a write)
     enospc-snapshot the snapshot write fails with "No space left on device"
     eio-fsync       fsync of the journal fails with an I/O error
     eio-rename      the snapshot rename fails with an I/O error
+    stall-prune     `prune` stops between deciding to remove an execution and removing
+                    it: it creates `stall-prune.reached` in $WFCTL_FAULT_DIR and waits
+                    (at most 60 s) for `stall-prune.go` there, as a process descheduled
+                    at the worst moment would
 
 Unset (always, outside tests) this costs one dict lookup per point.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 
 _SPEC = os.environ.get("WFCTL_FAULT", "")
 _ARMED: dict[str, int] = {}
@@ -52,3 +59,29 @@ def io_error(point: str) -> None:
     if reached(point):
         code, text = _ERRORS[point.split("-", 1)[0]]
         raise OSError(code, text)
+
+
+def short_write(point: str, fd: int, data: bytes | memoryview) -> None:
+    """When the fault armed at `point` fires: write the first half of `data` to `fd`,
+    then fail with ENOSPC, as a disk that fills up in the middle of a write does."""
+    if reached(point):
+        os.write(fd, data[: len(data) // 2])
+        code, text = _ERRORS["enospc"]
+        raise OSError(code, text)
+
+
+STALL_LIMIT = 60.0  # seconds a stalled process waits for its go file at most
+
+
+def stall(point: str) -> None:
+    """When the fault armed at `point` fires: say so with `<point>.reached` in
+    $WFCTL_FAULT_DIR, then wait (bounded) until the test creates `<point>.go` there."""
+    if not reached(point):
+        return
+    folder = os.environ.get("WFCTL_FAULT_DIR") or "."
+    with open(os.path.join(folder, f"{point}.reached"), "w"):
+        pass
+    go = os.path.join(folder, f"{point}.go")
+    deadline = time.monotonic() + STALL_LIMIT
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.02)

@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import Any, Iterator, Mapping
 
 from wfctl.depends import Depends, ListGraph, after, parse_depends
-from wfctl.retry import Policy, policy_for
+from wfctl.retry import Policy, policy_for, retry_fields_inside
 
 
 # -- statuses ------------------------------------------------------------------------------
@@ -182,7 +182,10 @@ class Step:
     timeout: float | None = None
     env: tuple[tuple[str, Any], ...] = ()  # (name, Template for text | plain text)
     cwd: str | None = None
-    policy: Policy = field(default_factory=Policy)  # the workflow's errorHandling merged with its own
+    # The workflow's errorHandling, under the retry fields the steps it is inside hand
+    # down (`inherited`), under its own (retry.policy_for).
+    policy: Policy = field(default_factory=Policy)
+    inherited: Mapping[str, Any] | None = None
     fallback: "Step | None" = None  # its own errorHandling.fallback (the workflow's is on Workflow)
     depends: Depends | None = None  # as written; None when it has no depends
     raw: Mapping[str, Any] = field(default_factory=dict)  # the definition, for traces and show
@@ -346,7 +349,10 @@ class _Builder:
     def __init__(self, document: Mapping[str, Any]) -> None:
         self.document = document
         self.workflow_policy = document.get("errorHandling") or {}
-        self.policies: dict[int, Policy] = {}
+        self.policies: dict[tuple[int, int], Policy] = {}
+        # (id of a group's errorHandling, id of what it inherited) → what it hands down;
+        # one dict per distinct pair, so that steps with the same context share a policy.
+        self.handed_down: dict[tuple[int, int], Mapping[str, Any] | None] = {}
         self.by_id: dict[str, Step] = {}
         self.parents: dict[str, str | None] = {}
         self.lists: dict[str, StepList] = {}
@@ -355,8 +361,8 @@ class _Builder:
         doc = self.document
         fallback = None
         if isinstance(self.workflow_policy.get("fallback"), dict):
-            fallback = self.step(self.workflow_policy["fallback"], "errorHandling.fallback", None)
-        steps = self.step_list(doc.get("steps") or [], "steps", None, in_order=True)
+            fallback = self.step(self.workflow_policy["fallback"], "errorHandling.fallback", None, None)
+        steps = self.step_list(doc.get("steps") or [], "steps", None, None, in_order=True)
         return Workflow(
             name=doc.get("name"),
             description=doc.get("description"),
@@ -376,20 +382,30 @@ class _Builder:
             _lists=MappingProxyType(self.lists),
         )
 
-    def policy(self, own: Mapping | None) -> Policy:
-        # Keyed by the step's errorHandling object: every step without one shares a policy.
-        policy = self.policies.get(id(own))
+    def policy(self, own: Mapping | None, inherited: Mapping | None) -> Policy:
+        # Keyed by the step's errorHandling object and what the steps it is inside hand
+        # down: every step without either shares one policy.
+        key = (id(own), id(inherited))
+        policy = self.policies.get(key)
         if policy is None:
-            policy = policy_for(self.workflow_policy, own)
-            self.policies[id(own)] = policy
+            policy = policy_for(self.workflow_policy, own, inherited)
+            self.policies[key] = policy
         return policy
 
-    def step_list(self, raw_steps: Any, path: str, parent: str | None, *, in_order: bool) -> StepList:
+    def inside(self, own: Mapping | None, inherited: Mapping | None) -> Mapping | None:
+        """What a parallel, conditional, loop or team step hands down to the steps inside it."""
+        key = (id(own), id(inherited))
+        if key not in self.handed_down:
+            self.handed_down[key] = retry_fields_inside(inherited, own)
+        return self.handed_down[key]
+
+    def step_list(self, raw_steps: Any, path: str, parent: str | None, inherited: Mapping | None, *,
+                  in_order: bool) -> StepList:
         if isinstance(raw_steps, dict):  # a branch written as one step
             raw_steps, paths = [raw_steps], [path]
         else:
             paths = [f"{path}[{i}]" for i in range(len(raw_steps))]
-        steps = tuple(self.step(raw, where, parent) for raw, where in zip(raw_steps, paths))
+        steps = tuple(self.step(raw, where, parent, inherited) for raw, where in zip(raw_steps, paths))
         graph = None
         if any(step.depends is not None for step in steps):
             ids = tuple(step.id for step in steps)
@@ -408,7 +424,7 @@ class _Builder:
             self.lists[step.id] = built
         return built
 
-    def step(self, raw: Mapping[str, Any], path: str, parent: str | None) -> Step:
+    def step(self, raw: Mapping[str, Any], path: str, parent: str | None, inherited: Mapping | None) -> Step:
         kind = StepKind(raw.get("type") or StepKind.TASK)
         own_policy = raw.get("errorHandling")
         own_fallback = (own_policy or {}).get("fallback")
@@ -422,25 +438,28 @@ class _Builder:
             timeout=raw.get("timeout"),
             env=tuple((str(k), _env_value(v)) for k, v in (raw.get("env") or {}).items()),
             cwd=raw.get("cwd"),
-            policy=self.policy(own_policy),
-            fallback=(self.step(own_fallback, f"{path}.errorHandling.fallback", None)
+            policy=self.policy(own_policy, inherited),
+            inherited=inherited,
+            # Its own fallback stands where it stands: it inherits what the step inherits.
+            fallback=(self.step(own_fallback, f"{path}.errorHandling.fallback", None, inherited)
                       if isinstance(own_fallback, dict) else None),
             depends=parse_depends(raw["depends"]) if "depends" in raw else None,
             raw=raw,
         )
         self.parents[raw["id"]] = parent
         me = raw["id"]
+        inside = self.inside(own_policy, inherited) if kind in COMPOSITE_KINDS else inherited
         if kind == StepKind.TASK:
             step: Step = TaskStep(agent=raw.get("agent"), run=raw.get("run"), task=_template(raw.get("task")), **common)
         elif kind == StepKind.PARALLEL:
-            children = self.step_list(raw.get("steps") or [], f"{path}.steps", me, in_order=False)
+            children = self.step_list(raw.get("steps") or [], f"{path}.steps", me, inside, in_order=False)
             step = ParallelStep(steps=children, max_concurrency=raw.get("maxConcurrency"), **common)
         elif kind == StepKind.CONDITIONAL:
-            then = self.branch(raw.get("then"), f"{path}.then", me)
-            otherwise = self.branch(raw.get("else"), f"{path}.else", me)
+            then = self.branch(raw.get("then"), f"{path}.then", me, inside)
+            otherwise = self.branch(raw.get("else"), f"{path}.else", me, inside)
             step = ConditionalStep(condition=_condition(raw.get("condition")), then=then, otherwise=otherwise, **common)
         elif kind == StepKind.LOOP:
-            body = self.step(raw["step"], f"{path}.step", me)
+            body = self.step(raw["step"], f"{path}.step", me, inside)
             step = LoopStep(items=_items(raw.get("items")), body=body, max_concurrency=raw.get("maxConcurrency"),
                             **common)
         else:
@@ -448,10 +467,10 @@ class _Builder:
         self.by_id[me] = step
         return step
 
-    def branch(self, value: Any, path: str, parent: str) -> StepList:
+    def branch(self, value: Any, path: str, parent: str, inherited: Mapping | None) -> StepList:
         if value is None:
             return StepList((), True)
-        return self.step_list(value, path, parent, in_order=True)
+        return self.step_list(value, path, parent, inherited, in_order=True)
 
 
 def _template(text: Any) -> Any:

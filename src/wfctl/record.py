@@ -77,6 +77,7 @@ def new_document(
         "workflowName": workflow.name,
         "status": "pending",
         "currentStep": None,
+        "currentSteps": [],
         "progress": {"completed": 0, "total": len(steps), "percentage": 0},
         "steps": steps,
         "startedAt": None,
@@ -115,6 +116,8 @@ class ExecutionState:
         # Top-level steps that are done, kept up to date per event (not recounted: a
         # recount per step would make a long run quadratic).
         self._done = {r["id"] for r in document["steps"] if _is_done(r)}
+        # Keys of the step instances running now, in the order they started.
+        self._running: dict[str, None] = dict.fromkeys(document.setdefault("currentSteps", []))
 
     def apply(self, event: dict) -> None:
         self.events += 1
@@ -145,6 +148,42 @@ class ExecutionState:
         self.index[key] = (record, parent_key)
         return record
 
+    def top_level_of(self, key: str) -> str:
+        """The top-level step that contains step instance `key` (itself at the top)."""
+        seen = 0
+        while True:
+            entry = self.index.get(key)
+            if entry is None or entry[1] is None or seen > MAX_DEPTH:
+                return key
+            key, seen = entry[1], seen + 1
+
+    def _set_running(self, key: str, running: bool) -> None:
+        """Keep currentSteps (every running step instance) and currentStep (the
+        top-level step that contains what runs) in step with a start or an end."""
+        if running:
+            self._running[key] = None
+        elif key in self._running:
+            del self._running[key]
+        else:
+            return  # it was not running (a skipped step, an in-process call folded into one event)
+        self._show_running()
+
+    def mark_interrupted(self) -> None:
+        """No process runs the execution any more (its runner died): nothing runs now,
+        whatever its last events said. Its step records keep what they say."""
+        self.document["status"] = "interrupted"
+        self._clear_running()
+
+    def _clear_running(self) -> None:
+        self._running.clear()
+        self._show_running()
+
+    def _show_running(self) -> None:
+        doc = self.document
+        doc["currentSteps"] = list(self._running)
+        latest = next(reversed(self._running), None)
+        doc["currentStep"] = self.top_level_of(latest) if latest is not None else None
+
     def _progress(self, key: str | None = None) -> None:
         if key is not None:
             record = self.record(key)
@@ -159,6 +198,9 @@ class ExecutionState:
             "total": total,
             "percentage": int(done * 100 / total) if total else 100,
         }
+
+
+MAX_DEPTH = 256  # parent links followed at most (steps nest at most 32 deep; loops and teams add a few)
 
 
 def _is_done(record: dict) -> bool:
@@ -181,7 +223,7 @@ def _execution_finished(state: ExecutionState, event: dict) -> None:
     doc = state.document
     doc["status"] = event["status"]
     doc["completedAt"] = event["at"]
-    doc["currentStep"] = None
+    state._clear_running()
     if event.get("error"):
         doc["error"] = event["error"]
     if event.get("reason") is not None:
@@ -193,7 +235,7 @@ def _step_started(state: ExecutionState, event: dict) -> None:
     record = state._record_for(event)
     record["status"] = "running"
     record.setdefault("startedAt", event["at"])
-    for stale in ("completedAt", "duration", "error"):
+    for stale in ("completedAt", "duration", "error", "retryStopped"):
         record.pop(stale, None)
     if event.get("agent") is not None:
         record["agent"] = event["agent"]
@@ -202,7 +244,7 @@ def _step_started(state: ExecutionState, event: dict) -> None:
         attempts.append({"attempt": event["attempt"], "status": "running", "startedAt": event["at"]})
     if "total" in event:
         record["total"] = event["total"]
-    state.document["currentStep"] = event["step"]
+    state._set_running(event["step"], True)
     if event["step"] in state.top_level:
         state._progress(event["step"])
 
@@ -253,12 +295,11 @@ def _step_finished(state: ExecutionState, event: dict) -> None:
         record["output"] = {name: output} if name else output
     if event.get("error"):
         record["error"] = event["error"]
-    for key in ("member", "branch", "undecided", "recoveredBy", "continued", "skipReason"):
+    for key in ("member", "branch", "undecided", "recoveredBy", "continued", "retryStopped", "skipReason"):
         if event.get(key) is not None:
             record[key] = event[key]
     _attempt_end(record, event, "completed" if status == "completed" else "failed")
-    if state.document.get("currentStep") == event["step"]:
-        state.document["currentStep"] = None
+    state._set_running(event["step"], False)
     if event["step"] in state.top_level:
         state._progress(event["step"])
 
@@ -269,13 +310,12 @@ def _step_reset(state: ExecutionState, event: dict) -> None:
     if record is None:
         return
     record["status"] = event.get("status", "pending")
-    for stale in ("completedAt", "duration", "error", "output"):
+    for stale in ("completedAt", "duration", "error", "output", "retryStopped"):
         record.pop(stale, None)
     attempts = record.get("attempts")
     if attempts and attempts[-1].get("status") == "running":
         attempts[-1]["status"] = event.get("attempt", "interrupted")
-    if state.document.get("currentStep") == event["step"]:
-        state.document["currentStep"] = None
+    state._set_running(event["step"], False)
     state._progress(event["step"])
 
 
@@ -359,9 +399,11 @@ def build_trace(document: dict, workflow: Workflow) -> dict:
             stage["agent"] = record["agent"]
         if record.get("error"):
             stage["error"] = record["error"]
+        if record.get("retryStopped"):
+            stage["retryStopped"] = record["retryStopped"]
         stages.append(stage)
     status = TRACE_STATUS.get(document["status"], document["status"])
-    return {
+    trace: dict[str, Any] = {
         "id": document["executionId"],
         "workflow_id": document["workflowId"],
         "uuid": str(uuid.uuid4()),
@@ -369,12 +411,16 @@ def build_trace(document: dict, workflow: Workflow) -> dict:
         "status": status,
         "execution_id": document["executionId"],
         "duration": _duration(document),
-        "response": {
-            "input": document.get("input", {}),
-            "result": {"workflow_status": status},
-            "stages": stages,
-        },
     }
+    if document.get("dryRun"):
+        # Before `response`: trace summaries (lists, estimates) read only the file's head.
+        trace["dryRun"] = True
+    trace["response"] = {
+        "input": document.get("input", {}),
+        "result": {"workflow_status": status},
+        "stages": stages,
+    }
+    return trace
 
 
 def _duration(document: dict) -> float | None:

@@ -139,9 +139,29 @@ class Registry:
                 self.store.save_workflow(record)
 
     def delete(self, ref: str) -> dict:
-        record = self.resolve(ref)
-        self.store.delete_workflow(record["workflowId"])
+        """Remove a workflow. What it was stays in a tombstone record, so that its
+        executions and traces remain reachable by its id, and by its name until a
+        new workflow takes that name."""
+        with self.store.workflow_lock():
+            record = self.resolve(ref)
+            self.store.save_tombstone({**record, "deletedAt": now_iso()})
+            self.store.delete_workflow(record["workflowId"])
         return record
+
+    def resolve_history(self, ref: str) -> str:
+        """The id of the workflow whose history (executions, traces) `ref` asks for:
+        a registered workflow by id or name, else a deleted one by id, or by name
+        (the latest deleted under it) while no registered workflow has that name."""
+        try:
+            return self.resolve(ref)["workflowId"]
+        except WorkflowNotFound:
+            pass
+        if is_workflow_id(ref) and self.store.has_history(ref):
+            return ref
+        deleted = [r for r in self.store.iter_tombstones() if r.get("definition", {}).get("name") == ref]
+        if deleted:
+            return max(deleted, key=lambda r: (r.get("deletedAt") or "", r["workflowId"]))["workflowId"]
+        raise WorkflowNotFound(f"no workflow with id or name '{_short(ref)}' (see `wfctl list`).")
 
     def list(
         self,

@@ -5,6 +5,8 @@ Nothing here does I/O; the CLI prints what these return.
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from typing import Any, Iterable
 
 STATUS_STYLE = {
@@ -89,21 +91,75 @@ def attempts_label(record: dict) -> str:
     return str(len(attempts)) if len(attempts) > 1 else ""
 
 
-def execution_table(document: dict, elapsed: float | None = None):
-    """The live table of one execution: a row per step, then an overall progress bar."""
+LIVE_STATUSES = ("pending", "running", "paused")  # an execution whose clocks still run
+
+
+def seconds_between(start: Any, end: Any) -> float | None:
+    """Seconds from one ISO 8601 time to another (`end` may be epoch seconds)."""
+    if not isinstance(start, str):
+        return None
+    try:
+        began = datetime.fromisoformat(start).timestamp()  # Python 3.11 reads the "Z" itself
+        ended = end if isinstance(end, (int, float)) else datetime.fromisoformat(str(end)).timestamp()
+    except ValueError:
+        return None
+    return max(0.0, ended - began)
+
+
+def step_time(record: dict, document_live: bool, now: float) -> Any:
+    """A step's duration once it ended; while it runs, how long it has been running."""
+    if record.get("duration") is not None or record.get("status") != "running" or not document_live:
+        return record.get("duration")
+    return seconds_between(record.get("startedAt"), now)
+
+
+def execution_elapsed(document: dict, now: float) -> float | None:
+    """How long the execution has run: to its end, or to `now` while it runs."""
+    if document.get("status") in LIVE_STATUSES:
+        return seconds_between(document.get("startedAt"), now)
+    return seconds_between(document.get("startedAt"), document.get("completedAt"))
+
+
+def visible_rows(rows: list[tuple[int, dict]], limit: int | None) -> tuple[list[tuple[int, dict]], int, int]:
+    """At most `limit` rows, keeping the running (else the latest ended) step in view:
+    (rows, hidden above, hidden below)."""
+    if limit is None or len(rows) <= limit:
+        return rows, 0, 0
+    limit = max(limit, 1)
+    focus = 0
+    for position, (_depth, record) in enumerate(rows):
+        if record.get("status") == "running":
+            focus = position
+            break
+        if record.get("status") != "pending":
+            focus = position
+    start = min(max(0, focus - limit // 2), len(rows) - limit)
+    return rows[start : start + limit], start, len(rows) - start - limit
+
+
+def execution_table(document: dict, now: float | None = None, max_rows: int | None = None):
+    """The table of one execution: a row per step, then an overall progress bar and a
+    footer. While it runs, running steps and the footer show the time so far (at `now`,
+    epoch seconds); `max_rows` bounds the rows shown (a live view fits its terminal)."""
     from rich.console import Group
     from rich.progress_bar import ProgressBar
     from rich.table import Table
     from rich.text import Text
 
+    now = time.time() if now is None else now
+    live = document.get("status") in LIVE_STATUSES
     table = Table(box=None, pad_edge=False, expand=False, show_edge=False)
     table.add_column("step", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("agent", no_wrap=True)
     table.add_column("try", justify="right")
     table.add_column("time", justify="right")
-    rows = step_rows(document.get("steps", []))
-    records = {record["id"]: record for _, record in rows} if any("dependsOn" in r for _, r in rows) else {}
+    every_row = step_rows(document.get("steps", []))
+    # A pending step with depends says what it waits for: its siblings' records by key.
+    records = {r["id"]: r for _, r in every_row} if any("dependsOn" in r for _, r in every_row) else {}
+    rows, above, below = visible_rows(every_row, max_rows)
+    if above:
+        table.add_row(Text(f"… {above} more above", style="dim"), "", "", "", "")
     for depth, record in rows:
         status = record.get("status", "pending")
         mark = STATUS_MARK.get(status, " ")
@@ -119,8 +175,10 @@ def execution_table(document: dict, elapsed: float | None = None):
             Text(status, style=STATUS_STYLE.get(status, "")),
             Text(str(record.get("agent") or record.get("member") or "")),
             attempts_label(record),
-            format_duration(record.get("duration")),
+            format_duration(step_time(record, live, now)),
         )
+    if below:
+        table.add_row(Text(f"… {below} more below", style="dim"), "", "", "", "")
     progress = document.get("progress") or {}
     total = progress.get("total") or 0
     completed = progress.get("completed") or 0
@@ -129,10 +187,15 @@ def execution_table(document: dict, elapsed: float | None = None):
     footer.append(f"{document.get('workflowName') or ''} ", style="bold")
     footer.append(f"{status} ", style=STATUS_STYLE.get(status, ""))
     footer.append(f"{completed}/{total} steps")
+    elapsed = execution_elapsed(document, now)
     if elapsed is not None:
         footer.append(f" · {format_duration(elapsed)}")
     if document.get("estimatedCompletion") and status == "running":
         footer.append(f" · eta {document['estimatedCompletion']}", style="dim")
+    running = document.get("currentSteps") or []
+    if running and live:
+        shown = ", ".join(running[-3:]) + (f" (+{len(running) - 3} more)" if len(running) > 3 else "")
+        footer.append(f" · running {shown}", style="dim")
     bar = ProgressBar(total=max(total, 1), completed=completed, width=40)
     return Group(table, Text(""), bar, footer)
 
@@ -156,6 +219,8 @@ def event_line(event: dict) -> str | None:
         error = event.get("error")
         if error and status != "completed":
             line += f": {error.get('message')}"
+        if event.get("retryStopped"):
+            line += f" (not retried: {event['retryStopped']})"
         return line
     if kind == "attempt.failed":
         error = event.get("error") or {}
@@ -163,12 +228,21 @@ def event_line(event: dict) -> str | None:
         return f"{at} {event['step']} attempt {event['attempt']} failed: {message}; retrying in {event.get('retryIn')}s"
     if kind == "execution.finished":
         line = f"{at} execution {event['status']}"
-        if event.get("error"):
-            line += f" at {event['error'].get('step')}: {event['error'].get('message')}"
-        if event.get("reason"):
-            line += f" ({event['reason']})"
+        error = event.get("error")
+        if error:
+            line += error_text(error, " at ")
+        reason = event.get("reason")
+        if reason and not (error and str(error.get("message") or "").startswith(reason)):
+            line += f" ({reason})"
         return line
     return None
+
+
+def error_text(error: dict, before_step: str) -> str:
+    """`<before_step>STEP: MESSAGE`, or `: MESSAGE` for an error of no one step (a
+    timeout before any step started)."""
+    step = error.get("step")
+    return (f"{before_step}{step}" if step else "") + f": {error.get('message')}"
 
 
 def summary_text(document: dict) -> str:
@@ -180,6 +254,9 @@ def summary_text(document: dict) -> str:
         f"{progress.get('completed', 0)}/{progress.get('total', 0)} steps"
     )
     error = document.get("error")
-    if status == "failed" and error:
-        text += f" · {error.get('step')}: {error.get('message')}"
+    if status in ("failed", "timed_out") and error:
+        where = f"{error['step']}: " if error.get("step") else ""
+        text += f" · {where}{error.get('message')}"
+    elif status in ("cancelled", "interrupted") and document.get("cancelReason"):
+        text += f" · {document['cancelReason']}"
     return text

@@ -46,16 +46,23 @@ class Policy:
         return False
 
 
-def policy_for(workflow_policy: dict | None, step_policy: dict | None) -> Policy:
-    """The step's policy: its own errorHandling over the workflow's, field by field."""
+# Fields that only make sense for retries: a policy that sets any of them (and no
+# strategy) asks for retries, so it gets `strategy: retry` rather than being ignored.
+RETRY_FIELDS = ("maxRetries", "backoff", "delay", "maxDelay", "jitter", "retryOn", "maxDuration")
+
+
+def policy_for(workflow_policy: dict | None, step_policy: dict | None, inherited: dict | None = None) -> Policy:
+    """The step's policy: its own errorHandling over the retry fields handed down by
+    the steps it is inside (see retry_fields_inside) over the workflow's, field by field."""
     merged = dict(workflow_policy or {})
+    merged.update(inherited or {})
     merged.update(step_policy or {})
-    strategy = merged.get("strategy", "fail")
-    default_retries = DEFAULT_MAX_RETRIES if strategy == "retry" else 0
+    max_retries = _max_retries(merged, step_policy or {})
+    strategy = merged.get("strategy") or ("retry" if max_retries > 0 else "fail")
     retry_on = merged.get("retryOn")
     return Policy(
         strategy=strategy,
-        max_retries=int(merged.get("maxRetries", default_retries)),
+        max_retries=max_retries,
         backoff=merged.get("backoff", "exponential"),
         delay=float(merged.get("delay", DEFAULT_DELAY)),
         max_delay=float(merged.get("maxDelay", DEFAULT_MAX_DELAY)),
@@ -67,6 +74,42 @@ def policy_for(workflow_policy: dict | None, step_policy: dict | None) -> Policy
         notify_on_error=bool(merged.get("notifyOnError", False)),
         fallback=merged.get("fallback") if isinstance(merged.get("fallback"), dict) else None,
     )
+
+
+def _max_retries(merged: dict, step_policy: dict) -> int:
+    """How many retries follow a failed first attempt.
+
+    `maxRetries` says it whatever the strategy (the strategy says what happens after
+    the last attempt). Without it: `retry` means DEFAULT_MAX_RETRIES, and so does a
+    policy with no strategy that sets another retry field (backoff, delay, retryOn...).
+    A step's own `strategy: fail` (without its own maxRetries) turns off the retries
+    it would inherit from the workflow.
+    """
+    if step_policy.get("strategy") == "fail" and "maxRetries" not in step_policy:
+        return 0
+    if "maxRetries" in merged:
+        return int(merged["maxRetries"])
+    strategy = merged.get("strategy")
+    if strategy == "retry" or (strategy is None and any(field in merged for field in RETRY_FIELDS)):
+        return DEFAULT_MAX_RETRIES
+    return 0
+
+
+def retry_fields_inside(inherited: dict | None, own: dict | None) -> dict | None:
+    """What a parallel, conditional or loop step hands down to the steps inside it.
+
+    Such a step is never run again itself: its retry fields (and `strategy: retry`)
+    are the default of the steps inside it, over what it inherited. The rest of its
+    policy (fallback, continue, escalation) is about the group as a whole. Returns
+    `inherited` itself when the step adds nothing.
+    """
+    own = own or {}
+    fields = {name: own[name] for name in RETRY_FIELDS if name in own}
+    if own.get("strategy") == "retry":
+        fields["strategy"] = "retry"
+    if not fields:
+        return inherited
+    return {**(inherited or {}), **fields}
 
 
 def backoff_delay(policy: Policy, retry: int, rng: random.Random | None = None) -> float:

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from wfctl import events, faults
-from wfctl.errors import Conflict, StoreError
+from wfctl.errors import Conflict, ExecutionNotFound, StoreError
 from wfctl.executors import Executor, open_executor
 from wfctl.model import TERMINAL
 from wfctl.record import ExecutionState, build_trace
-from wfctl.store import FileLock, Store, open_append
+from wfctl.store import FileLock, Store, lock_is_held, open_append, write_all
 
 if TYPE_CHECKING:
     from wfctl.model import Workflow
@@ -94,8 +94,21 @@ class Recorder:
         if faults.reached("mid-append"):
             self._journal.write(line[: len(line) // 2])
             os._exit(137)
-        self._journal.write(line)  # unbuffered: in the OS before the engine goes on
+        try:
+            # Unbuffered: in the OS before the engine goes on; every byte, or an error.
+            write_all(self._journal.fileno(), line, fault="short-journal")
+        except OSError:
+            self._cut_back()
+            raise
         self._offset += len(line)
+
+    def _cut_back(self) -> None:
+        """A failed append may have left part of its line on disk: the journal must end
+        at its last whole line, where the next append (or a resume) starts."""
+        try:
+            os.ftruncate(self._journal.fileno(), self._offset)
+        except OSError:
+            pass  # the append's own error is reported; a resume cuts a torn tail off too
 
     def _sync(self) -> None:
         faults.io_error("eio-fsync")
@@ -136,6 +149,8 @@ def runner_lock(store: Store, execution_id: str) -> Iterator[None]:
     from a running one, whatever its last written status says.
     """
     path = store.execution_dir(execution_id) / "lock"
+    if not path.parent.is_dir():
+        raise ExecutionNotFound(f"no execution with id {execution_id}.")
     lock = FileLock(path, blocking=False)
     # Readers probe liveness by taking the lock for an instant: a few quick tries tell
     # such a probe from a runner that really holds it.
@@ -147,11 +162,25 @@ def runner_lock(store: Store, execution_id: str) -> Iterator[None]:
         holder = _lock_holder(path)
         raise Conflict(f"execution {execution_id} is already being run by process {holder}.")
     try:
+        if not _still_in_place(lock.fd, path):
+            # `prune` removed the execution while this process waited for its lock.
+            raise ExecutionNotFound(f"no execution with id {execution_id} (it was just removed).")
         os.ftruncate(lock.fd, 0)
-        os.pwrite(lock.fd, json.dumps({"pid": os.getpid(), "startedAt": time.time()}).encode(), 0)
+        os.lseek(lock.fd, 0, os.SEEK_SET)
+        write_all(lock.fd, json.dumps({"pid": os.getpid(), "startedAt": time.time()}).encode())
         yield
     finally:
         lock.release()
+
+
+def _still_in_place(fd: int, path: Path) -> bool:
+    """Is the file open on `fd` still the one at `path` (not moved or removed)?"""
+    try:
+        found = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
 
 
 def lock_holder(store: Store, execution_id: str) -> str:
@@ -167,14 +196,13 @@ def _lock_holder(path: Path) -> str:
 
 
 def runner_alive(store: Store, execution_id: str) -> bool:
-    path = store.execution_dir(execution_id) / "lock"
-    if not path.exists():
-        return False
-    lock = FileLock(path, blocking=False)
-    if lock.acquire():
-        lock.release()
-        return False
-    return True
+    """Does a process run this execution (hold its lock) right now? Works read-only."""
+    return lock_is_held(store.execution_dir(execution_id) / "lock")
+
+
+def runs_here(store: Store, execution_id: str) -> bool:
+    """Is this very process the execution's runner (an in-process step asking)?"""
+    return lock_holder(store, execution_id) == str(os.getpid()) and runner_alive(store, execution_id)
 
 
 @contextmanager
@@ -202,12 +230,17 @@ def interrupt_handlers(on_interrupt: Callable[[], None]) -> Iterator[None]:
 
 
 def estimate_duration(store: Store, workflow_id: str, samples: int = 10) -> float | None:
-    """Mean duration of the latest completed runs of a workflow, from their traces."""
+    """Mean duration of the latest completed runs of a workflow, from their traces.
+
+    Dry runs are left out: echo steps take no time, so they would pull the estimate
+    of a real run towards its own start."""
     durations = []
     for trace_id in store.trace_ids(workflow_id)[: samples * 3]:
         try:
             trace = store.trace_summary(workflow_id, trace_id)
         except Exception:  # a trace being written or removed right now is just skipped
+            continue
+        if trace.get("dryRun"):
             continue
         if trace.get("status") == "executed" and isinstance(trace.get("duration"), (int, float)):
             durations.append(float(trace["duration"]))
@@ -343,12 +376,20 @@ def _run_with(
     from wfctl.control import Control, Watcher
 
     control = Control(exec_dir)
-    control.clear_cancel()  # a cancel request belongs to the run it was made for
+    control.drop_applied_cancel(state.document)
     watcher = Watcher(control, engine, recorder)
+    # A cancel made before this run began (while it was queued, starting, or resuming)
+    # ends it before its first step: requests are never cleared unread.
+    watcher.check_cancel()
     started: dict[str, Any] = {}
-    estimate = estimate_duration(store, workflow_id)
+    # A dry run takes no time of its own: an estimate from real runs would only mislead.
+    estimate = None if options.dry_run else estimate_duration(store, workflow_id)
     if estimate is not None:
-        started["estimatedCompletion"] = iso_after(time.time(), estimate)
+        # The start and the estimate are taken at one instant, to the millisecond: an
+        # estimate can never come before the start it is counted from.
+        began = time.time()
+        started["at"] = iso_after(began, 0)
+        started["estimatedCompletion"] = iso_after(began, estimate)
     timer = None
     if workflow.timeout:
         limit = workflow.timeout
@@ -391,8 +432,21 @@ def _run_with(
         except (OSError, StoreError):
             pass  # the disk that failed the journal may fail this too; the error below says so
         raise StoreError(f"{recorder.broken}; {outcome}. What was recorded stays readable; `wfctl resume` continues it.")
+    settle_requests(control, state.document)  # only now: what they asked for is on disk
     write_trace(store, state.document, workflow)
     return state.document
+
+
+def settle_requests(control: Any, document: dict) -> None:
+    """Remove the requests this run answered, once its record is durable: the cancel
+    it applied, and a pause that an execution which has ended no longer needs. A
+    request the run did not answer (a cancel that came too late) stays for whoever
+    made it to see and withdraw."""
+    status = document.get("status")
+    if status == "cancelled":
+        control.clear_cancel()
+    if status in TERMINAL:
+        control.clear_pause()
 
 
 def check_not_symlinks(*paths: Path) -> None:
@@ -406,20 +460,23 @@ def iso_after(epoch: float, seconds: float) -> str:
     from datetime import datetime, timezone
 
     moment = datetime.fromtimestamp(epoch + seconds, timezone.utc)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
 
 
 @contextmanager
-def run_slot(store: Store, config: Any, document: dict, *, wait: bool) -> Iterator[None]:
+def run_slot(
+    store: Store, config: Any, document: dict, *, wait: bool, give_up: Callable[[], bool] = lambda: False
+) -> Iterator[None]:
     """One of `defaults.max_running` run slots (flock'd files), when a limit is set.
 
     Without `wait` (a foreground run) the run goes ahead even when every slot is taken.
     With it (a detached run), the run waits in a queue served by priority, then age:
     each waiter has a file in `queue/` named by its rank, and only the first live
-    waiter may take a free slot.
+    waiter may take a free slot. A waiter stops waiting as soon as `give_up()` holds
+    (it was cancelled) and goes ahead without a slot: it starts no step.
     """
     limit = config.default("max_running")
     if not limit:
@@ -447,7 +504,7 @@ def run_slot(store: Store, config: Any, document: dict, *, wait: bool) -> Iterat
                     if lock.acquire():
                         held = lock
                         break
-            if held is not None or not wait:
+            if held is not None or not wait or give_up():
                 break
             time.sleep(0.1)
         for path in (entry, marker):

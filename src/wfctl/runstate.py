@@ -19,6 +19,7 @@ from wfctl.depends import Outcome
 from wfctl.executors import Executor
 from wfctl.executors.local import LocalExecutor
 from wfctl.model import Clock, Step, StepStatus, Workflow
+from wfctl.retry import Policy, policy_for, retry_fields_inside
 
 Emit = Callable[[dict], None]
 
@@ -93,6 +94,10 @@ class Frame:
     index: int | None = None
     in_loop: bool = False
     in_fallback: bool = False  # inside a fallback the workflow's fallback is not used again
+    echoed_item: bool = False  # a dry run's loop over echoed output: `item` decides nothing
+    # The retry fields handed down here when they differ from the model's (inside the
+    # workflow's fallback, which stands in for steps in many places); None: the model's.
+    inherited: Mapping[str, Any] | None = None
 
     def child(self, parent: str) -> "Frame":
         return replace(self, parent=parent)
@@ -152,6 +157,16 @@ class RunContext:
         self._sleep = sleep
         self.active_lock = threading.Lock()
         self.active = 0  # task steps running right now (pausing waits for them to finish)
+        self.echoed: set[str] = set()  # in a dry run: output names whose values the echo agent made
+        self._policies: dict[tuple[int, int], Policy] = {}
+        self._handed_down: dict[tuple[int, int], Mapping[str, Any] | None] = {}
+        # Where the run stands, so that a cancel or timeout can say what it interrupted
+        # (guarded by active_lock: parallel branches change them).
+        self.in_flight: dict[str, None] = {}  # keys of task steps running (attempts and waits)
+        self.waiting: dict[str, str] = {}  # key → "the wait before retry N ..." being waited
+        self.held_at: str | None = None  # the step whose start the pause gate is holding
+        self.began = False  # a step has started in this run
+        self.stopped_at: tuple[str, str | None] = ("", None)  # (what was happening, step key) at cancel
 
     # -- control -----------------------------------------------------------------------------
     def cancel(self, reason: str | None = None, status: str = "cancelled") -> None:
@@ -159,14 +174,70 @@ class RunContext:
         if not self.cancel_event.is_set():
             self.cancel_status = status
             self.cancel_reason = reason
+            self.stopped_at = self.moment()
             self.cancel_event.set()
+
+    def moment(self) -> tuple[str, str | None]:
+        """What the run is doing right now, as words that follow "cancelled" or "the
+        workflow timed out after 5s", and the key of the step concerned.
+
+        No lock: cancel() also runs in the Ctrl-C handler, on the engine's own thread,
+        which may hold active_lock at that moment. Copying a dict is one step for the
+        interpreter, so another thread cannot change it halfway.
+        """
+        waits = list(self.waiting.items())
+        running = list(self.in_flight)
+        held = self.held_at
+        if waits:
+            return "during " + "; ".join(label for _key, label in waits), waits[0][0]
+        if running:
+            names = ", ".join(f"'{key}'" for key in running[:5]) + (", ..." if len(running) > 5 else "")
+            verb = "was" if len(running) == 1 else "were"
+            return f"while step{'s' if len(running) > 1 else ''} {names} {verb} running", running[0]
+        if held is not None:
+            return f"while paused, before step '{held}' started", held
+        if not self.began:
+            return "before any step started", None
+        return "between steps", None
+
+    def stop_error(self) -> dict:
+        """The execution's error when a cancel (a timeout, a record that cannot be
+        written) ended it and no step failure says why."""
+        if not self.cancelled:  # every failure records its own error; kept as a guard
+            return {"kind": "error", "message": "the execution failed."}
+        where, key = self.stopped_at
+        reason = self.cancel_reason or self.cancel_status
+        error: dict[str, Any] = {"kind": "timeout" if self.cancel_status == "timed_out" else "error"}
+        error["message"] = f"{reason} {where}." if where else f"{reason}."
+        if key is not None:
+            error = {"step": key, **error}
+        return error
+
+    def hold(self, key: str) -> None:
+        """Pass the pause gate before step `key` starts (it blocks while paused)."""
+        assert self.pause_gate is not None
+        self.held_at = key
+        try:
+            self.pause_gate()
+        finally:
+            self.held_at = None
 
     @property
     def cancelled(self) -> bool:
         return self.cancel_event.is_set()
 
-    def wait(self, seconds: float, scope: AbortScope) -> None:
-        """Wait between attempts; a cancel (or an abort of the scope) ends the wait at once."""
+    def wait(self, seconds: float, scope: AbortScope, key: str, label: str) -> None:
+        """Wait between attempts; a cancel (or an abort of the scope) ends the wait at once.
+        `label` says what is awaited, for the record of a cancel or timeout that ends it."""
+        with self.active_lock:
+            self.waiting[key] = label
+        try:
+            self._wait(seconds, scope)
+        finally:
+            with self.active_lock:
+                self.waiting.pop(key, None)
+
+    def _wait(self, seconds: float, scope: AbortScope) -> None:
         if seconds <= 0:
             return
         if self._sleep is not None:
@@ -192,10 +263,35 @@ class RunContext:
             return ChainMap(frame.locals, self.specials, self.state)
         return ChainMap(self.specials, self.state)
 
+    def policy_of(self, step: Step, frame: Frame) -> Policy:
+        """The step's policy where it runs: the model's, unless the retry fields handed
+        down here differ (inside the workflow's fallback)."""
+        if frame.inherited is None:
+            return step.policy
+        key = (id(step), id(frame.inherited))
+        policy = self._policies.get(key)
+        if policy is None:
+            policy = policy_for(self.workflow.error_policy, step.raw.get("errorHandling"), frame.inherited)
+            self._policies[key] = policy
+        return policy
+
+    def inside(self, step: Step, frame: Frame) -> Frame:
+        """The frame a parallel, conditional, loop or team step runs its inside in, when
+        the retry fields handed down differ from the model's."""
+        if frame.inherited is None:
+            return frame
+        key = (id(step), id(frame.inherited))
+        if key not in self._handed_down:
+            self._handed_down[key] = retry_fields_inside(frame.inherited, step.raw.get("errorHandling"))
+        handed = self._handed_down[key]
+        return frame if handed is frame.inherited else replace(frame, inherited=handed)
+
     def store_output(self, step: Step, frame: Frame, status: str, value: Any) -> None:
         if step.output and status == StepStatus.COMPLETED:
             target = frame.locals if frame.in_loop else self.state
             target[step.output] = value
+            if self.settings.dry_run:
+                self.echoed.add(step.output)
         self.steps_view[step.id] = {"status": status, "output": value}
 
     def clear_output(self, step: Step, frame: Frame) -> None:

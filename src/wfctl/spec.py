@@ -458,19 +458,23 @@ ERROR_HANDLING = Block(
     "errorHandling",
     "Error handling",
     "What happens when a step fails. At the workflow level it is the default for every step; "
-    "a step's own errorHandling overrides it key by key.",
+    "a step's own errorHandling overrides it key by key. On a parallel, conditional or loop step, "
+    "its retry fields are the default of the steps inside it.",
     (
         Field("strategy", String(enum=ERROR_STRATEGIES),
-              "retry: run the step again; fallback: run the fallback step instead; "
-              "fail: fail the execution; continue: record the failure and go on."),
-        Field("maxRetries", Number(integer=True, minimum=0), "Retries after the first attempt (0 = none)."),
+              "What follows the last failed attempt. retry: retry (3 times unless maxRetries says), then fail; "
+              "fallback: run the fallback step instead; fail: fail the execution; continue: record the failure "
+              "and go on. Without a strategy, a policy that sets a retry field (maxRetries, backoff, delay, "
+              "maxDelay, jitter, retryOn, maxDuration) is retry."),
+        Field("maxRetries", Number(integer=True, minimum=0), "Retries after the first attempt (0 = none), whatever the strategy."),
         Field("backoff", String(enum=BACKOFFS), "How the wait between attempts grows."),
         Field("delay", Number(minimum=0), "Seconds to wait before the first retry."),
         Field("maxDelay", _POSITIVE_SECONDS, "Upper bound, in seconds, of the wait between attempts."),
         Field("jitter", Boolean(), "Randomise each wait a little so retries do not arrive together."),
         Field("retryOn", List(String(pattern=RETRY_ON_PATTERN, pattern_help=RETRY_ON_HELP)),
               "Which failures are retried: 'failed', 'timeout' or 'exit:N' (default: all)."),
-        Field("maxDuration", _POSITIVE_SECONDS, "Seconds after which no further retry starts."),
+        Field("maxDuration", _POSITIVE_SECONDS,
+              "Seconds from the step's first attempt: no retry follows when its wait would end later."),
         Field("escalateOnFailure", Boolean(), "When the step finally fails, escalate it."),
         Field("escalateTo", String(pattern=AGENT_NAME_PATTERN, pattern_help=AGENT_NAME_HELP),
               "The agent that receives escalations.", role="agent"),

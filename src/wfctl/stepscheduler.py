@@ -16,6 +16,7 @@ bounded runner (bounded.py). Leaf attempts are the attempt runner's (attempts.py
 from __future__ import annotations
 
 import heapq
+from dataclasses import replace
 from typing import Any, Callable
 
 from wfctl import events
@@ -116,9 +117,10 @@ class StepScheduler:
             value = self._restore(step, frame)
             return Result(True, value, Outcome.CONTINUED if key in run.continued else Outcome.SUCCEEDED)
         if run.pause_gate is not None:
-            run.pause_gate()
+            run.hold(key)
         if frame.scope.aborted():
             return CANCELLED_RESULT
+        run.began = True
         started = run.clock.monotonic()
         # What failures inside this step leave behind is undone if the step recovers.
         before = (run.failure, run.escalations)
@@ -172,7 +174,7 @@ class StepScheduler:
                 pass  # reported when the loop runs
         run.emit(events.composite_started(run.now(), key, step.id, step.kind, parent=frame.parent, total=total))
         try:
-            ok, value, error, extra = self._composite_body(step, key, frame)
+            ok, value, error, extra = self._composite_body(step, key, run.inside(step, frame))
         except ExpressionError as err:
             ok, value, error, extra = False, None, {"kind": "error", "message": err.message}, {}
         status = StepStatus.COMPLETED if ok else (StepStatus.CANCELLED if frame.scope.aborted() else StepStatus.FAILED)
@@ -183,7 +185,7 @@ class StepScheduler:
         elif error:
             event["error"] = error
         if status == StepStatus.FAILED:
-            self.attempts.mark_failure(event, step.policy)
+            self.attempts.mark_failure(event, run.policy_of(step, frame))
         run.emit(event)
         return ok, value, error
 
@@ -218,12 +220,16 @@ class StepScheduler:
             chosen = step.condition
         else:
             try:
+                echoed = self._echoed_name(step.condition, frame)
+                if echoed is not None:
+                    # A dry run cannot decide on what echo made up: a true or false
+                    # from it would show a path a real run may never take.
+                    raise ExpressionError(f"the condition reads '{echoed}', an echoed output of this dry run.")
                 chosen = truthy(step.condition.evaluate(self.run.scope_of(frame)))
             except ExpressionError as err:
                 if not self.run.settings.dry_run:
                     raise
-                # Echo outputs rarely have the fields a condition reads: a dry run
-                # follows `then` and says the condition could not be decided.
+                # A dry run follows `then` and says the condition could not be decided.
                 chosen, extra = True, {"undecided": err.message}
         extra["branch"] = "then" if chosen else "else"
         taken, other = (step.then, step.otherwise) if chosen else (step.otherwise, step.then)
@@ -243,7 +249,29 @@ class StepScheduler:
         last = outcome.results[-1]
         return True, last.value if last is not None else None, None, extra
 
+    def _echoed_name(self, expression: Any, frame: Frame) -> str | None:
+        """In a dry run, the first name `expression` reads whose value the echo agent
+        made up (a step's output, `steps.*`, the item of a loop over such output)."""
+        if not self.run.settings.dry_run:
+            return None
+        for reference in expression.references():
+            root = reference[0]
+            if root == "steps" or root in self.run.echoed or (root == "item" and frame.echoed_item):
+                return root
+        return None
+
+    def _undecided_items(self, step: LoopStep, frame: Frame) -> str | None:
+        """In a dry run, why a loop's items cannot be known (they come from echo)."""
+        if not self.run.settings.dry_run or isinstance(step.items, (bool, int, list)):
+            return None
+        echoed = self._echoed_name(step.items, frame)
+        if echoed is None:
+            return None
+        return f"the items read '{echoed}', an echoed output of this dry run: the body is shown once, with item null."
+
     def _loop_items(self, step: LoopStep, frame: Frame) -> list:
+        if self._undecided_items(step, frame) is not None:
+            return [None]
         items = step.items
         if isinstance(items, bool):
             raise ExpressionError("loop items must be a list, a count or an expression, not a boolean.")
@@ -263,21 +291,22 @@ class StepScheduler:
         return value
 
     def _loop(self, step: LoopStep, key: str, frame: Frame):
+        undecided = self._undecided_items(step, frame)
         items = self._loop_items(step, frame)
         body = step.body
 
         def iteration(position: int, item: Any, scope: AbortScope) -> Result:
             names = dict(frame.locals or {})
             names.update({"item": item, "index": position})
-            child = Frame(scope, iteration_suffix(frame.suffix, position), key, names, item, position, True,
-                          frame.in_fallback)
+            child = replace(frame, scope=scope, suffix=iteration_suffix(frame.suffix, position), parent=key,
+                            locals=names, item=item, index=position, in_loop=True, echoed_item=undecided is not None)
             return self.run_step(body, child)
 
         thunks = [lambda scope, p=p, i=i: iteration(p, i, scope) for p, i in enumerate(items)]
         ok, results = self._run_many(thunks, int(step.max_concurrency or 1), frame)
         value = [result.value if result is not None else None for result in results]
         error = None if ok else {"kind": "failed", "message": "a loop iteration failed."}
-        return ok, value, error, {}
+        return ok, value, error, ({"undecided": undecided} if undecided else {})
 
     def _team(self, step: TeamStep, key: str, frame: Frame):
         run = self.run

@@ -7,6 +7,7 @@ Layout (design.md §4):
     executions/<exec_id>/workflow.json    the exact definition the execution runs
     executions/<exec_id>/events.jsonl     append-only journal
     executions/<exec_id>/logs/<step>.log  captured output of every attempt
+    workflows/deleted/<wf_id>.json        what a deleted workflow was (its history stays reachable)
     traces/<wf_id>/<exec_id>.json         the seed 000 trace of one run
 
 Every id is checked against an allow-list before it becomes part of a path, every
@@ -16,6 +17,8 @@ directories are 0700 and files 0600 whatever the umask.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import re
@@ -67,6 +70,10 @@ def is_workflow_id(text: str) -> bool:
     return bool(_WORKFLOW_ID.fullmatch(text))
 
 
+def is_execution_id(text: str) -> bool:
+    return bool(_EXECUTION_ID.fullmatch(text))
+
+
 def check_execution_id(text: str) -> str:
     if not _EXECUTION_ID.fullmatch(text):
         raise UsageError(
@@ -116,10 +123,7 @@ def write_bytes_atomic(path: Path, data: bytes, *, sync: bool = True, fault: str
             os.fchmod(fd, FILE_MODE)
             if fault:
                 faults.io_error(f"enospc-{fault}")
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            write_all(fd, data)
             if sync:
                 os.fsync(fd)
         finally:
@@ -134,6 +138,32 @@ def write_bytes_atomic(path: Path, data: bytes, *, sync: bool = True, fault: str
         except OSError:
             pass
         raise StoreError(f"cannot write {path}: {err.strerror or err}.") from err
+
+
+def write_all(fd: int, data: bytes, *, fault: str | None = None) -> None:
+    """Write every byte of `data` to `fd`, or raise.
+
+    `os.write` may write less than it was given (a disk that fills up, a signal): a
+    short write is not a write, so the rest is written until nothing is left, and a
+    write that makes no progress is an error rather than a loop.
+    """
+    view = memoryview(data)
+    while view:
+        if fault:
+            faults.short_write(fault, fd, view)
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        view = view[written:]
+
+
+class AppendFile(io.FileIO):
+    """A file opened for appending whose `write` writes everything it is given or raises
+    (a raw file's `write` returns how much it wrote, and callers forget to look)."""
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        write_all(self.fileno(), data)
+        return len(data)
 
 
 def write_json_atomic(
@@ -164,7 +194,7 @@ def open_append(path: Path):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
     except OSError as err:
         raise _store_error(path, err) from err
-    return os.fdopen(fd, "ab", buffering=0)
+    return AppendFile(fd, "ab")
 
 
 def read_bytes_nofollow(path: Path, *, offset: int = 0, limit: int = -1) -> bytes:
@@ -264,16 +294,26 @@ class Store:
             raise WorkflowNotFound(f"no workflow with id {workflow_id}.") from None
 
     def iter_workflows(self) -> Iterator[dict]:
-        try:
-            names = sorted(os.listdir(self.workflows_dir))
-        except FileNotFoundError:
-            return
-        for name in names:
-            if name.endswith(".json") and is_workflow_id(name[:-5]):
-                try:
-                    yield read_json(self.workflows_dir / name)
-                except (FileNotFoundError, StoreError):
-                    continue  # deleted meanwhile, or not ours: a listing skips it
+        yield from _iter_records(self.workflows_dir)
+
+    # -- deleted workflows: their executions and traces stay reachable --------------------
+    @property
+    def deleted_dir(self) -> Path:
+        return self.workflows_dir / "deleted"
+
+    def save_tombstone(self, record: dict) -> None:
+        """Keep what a deleted workflow was (id, name, definition, deletedAt)."""
+        ensure_dir(self.deleted_dir)
+        write_json_atomic(self.deleted_dir / f"{check_workflow_id(record['workflowId'])}.json", record, compact=True)
+
+    def iter_tombstones(self) -> Iterator[dict]:
+        yield from _iter_records(self.deleted_dir)
+
+    def has_history(self, workflow_id: str) -> bool:
+        """Did a workflow with this id exist: a deleted one's record, or its traces
+        (a workflow deleted before deletions were recorded)?"""
+        check_workflow_id(workflow_id)
+        return (self.deleted_dir / f"{workflow_id}.json").is_file() or (self.traces_dir / workflow_id).is_dir()
 
     def workflow_lock(self):
         """An exclusive lock over the workflow registry (name uniqueness on create)."""
@@ -371,6 +411,45 @@ class Store:
             return []
         ids = [n[:-5] for n in names if n.endswith(".json") and _EXECUTION_ID.fullmatch(n[:-5])]
         return sorted(ids, reverse=True)
+
+
+def _iter_records(directory: Path) -> Iterator[dict]:
+    """The `<wf_id>.json` records of a directory, by id."""
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.endswith(".json") and is_workflow_id(name[:-5]):
+            try:
+                yield read_json(directory / name)
+            except (FileNotFoundError, StoreError):
+                continue  # deleted meanwhile, or not ours: a listing skips it
+
+
+def lock_is_held(path: Path) -> bool:
+    """Does some process hold the flock on `path` right now?
+
+    Read-only, so that a read-only data directory (a backup, a read-only mount) can
+    be read: the file is opened O_RDONLY and never created (a missing lock file means
+    nobody holds it), and the probe takes a shared lock for an instant, which never
+    stops another probe.
+    """
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        raise _store_error(path, err) from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing the descriptor drops the probe's lock
+    return False
 
 
 class FileLock:

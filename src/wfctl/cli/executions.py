@@ -66,7 +66,18 @@ def _has_infinity(value: Any) -> bool:
 
 
 def execute(
-    workflow: Annotated[str, typer.Argument(help="A workflow id, exact name, or workflow file (registered on the way).")],
+    workflow: Annotated[
+        str,
+        typer.Argument(
+            metavar="WORKFLOW_OR_FILE",
+            help=(
+                "A registered workflow's id or exact name, or a workflow file (registered on the way). "
+                "A registered name wins over a file of the same name in the current directory: "
+                "an argument is read as a file only when it looks like a path (./build, "
+                "anything with a /, or a .yaml, .yml or .json suffix)."
+            ),
+        ),
+    ],
     input: Annotated[
         Optional[str], typer.Option("--input", "-i", help="The input: a JSON object, @file.json, or - for stdin.")
     ] = None,
@@ -141,22 +152,33 @@ def cancel(
     document = api.cancel(execution_id, reason)
     if json:
         emit_json(document)
+    elif document.get("cancelRequested"):
+        say(f"cancel requested: {execution_id} is {document['status']}; its runner stops it")
     else:
         say(f"{execution_id} {document['status']}" + (f": {reason}" if reason else ""))
 
 
 def pause(
     execution_id: Annotated[str, typer.Argument(metavar="EXEC", help="An execution id.")],
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Return only once it is paused (exit 6 if it ends or --timeout passes first).")
+    ] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="With --wait: give up after this many seconds.")] = 300.0,
     json: Json = False,
 ) -> None:
     """Pause an execution: no new step starts; running steps finish; then it is paused."""
     from wfctl import api
 
-    document = api.pause(execution_id)
+    if timeout <= 0:
+        raise UsageError(f"--timeout must be more than 0, not {timeout:g}.")
+    document = api.pause(execution_id, wait=wait, timeout=timeout)
     if json:
         emit_json(document)
+    elif document["status"] == "paused":
+        say(f"{execution_id} paused · continue it with: wfctl resume {execution_id}")
     else:
-        say(f"{execution_id} {document['status']} · continue it with: wfctl resume {execution_id}")
+        say("pause requested: the running step finishes, then the execution pauses"
+            f" · continue it with: wfctl resume {execution_id}")
 
 
 def resume(
@@ -175,7 +197,7 @@ def resume(
         if json:
             emit_json(document)
         else:
-            say(f"{execution_id} resumed")
+            say(f"{execution_id} resumed · {document['status']}")
         return
     if detach:
         api.get_execution(execution_id)
@@ -189,15 +211,21 @@ def resume(
 
 
 def prune(
-    older_than: Annotated[str, typer.Option("--older-than", help="Age, such as 30d, 12h, 90m or 3600s.")],
+    older_than: Annotated[str, typer.Option("--older-than", help="Age of the last event, such as 30d, 12h, 90m or 3600s.")],
     status: Annotated[Optional[list[str]], typer.Option("--status", help="Only executions with this status (repeat).")] = None,
+    include_interrupted: Annotated[
+        bool,
+        typer.Option("--include-interrupted", help="Also remove interrupted executions (which `wfctl resume` could continue)."),
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be removed.")] = False,
     json: Json = False,
 ) -> None:
     """Remove executions that ended before a given age, with their traces."""
     from wfctl import api
 
-    result = api.prune(older_than=parse_age(older_than), statuses=status or None, dry_run=dry_run)
+    result = api.prune(
+        older_than=parse_age(older_than), statuses=status or None, dry_run=dry_run, include_interrupted=include_interrupted
+    )
     if json:
         emit_json(result)
     else:
@@ -265,7 +293,7 @@ def execution(
 ) -> None:
     """Show an execution: status, progress, current step, every step with times, attempts and output."""
     from wfctl import api
-    from wfctl.render import execution_table
+    from wfctl.render import error_text, execution_table
 
     document = api.get_execution(execution_id)
     if json:
@@ -278,7 +306,7 @@ def execution(
         times += f" · ended {document['completedAt']}"
     console.print(f"status {document['status']} · {times}", markup=False)
     if document.get("error"):
-        console.print(f"error at {document['error'].get('step')}: {document['error'].get('message')}", markup=False)
+        console.print("error" + error_text(document["error"], " at "), markup=False)
     if document.get("cancelReason"):
         console.print(f"cancelled: {document['cancelReason']}", markup=False)
     console.print(execution_table(document))
@@ -307,11 +335,14 @@ def executions(
         table.add_row(
             element["executionId"],
             element.get("workflowName") or "",
-            element.get("status") or "",
-            f"{progress.get('completed', 0)}/{progress.get('total', 0)}",
+            (element.get("status") or "") + (" (dry run)" if element.get("dryRun") else ""),
+            f"{progress.get('completed', 0)}/{progress.get('total', 0)}" if progress else "",
             (element.get("startedAt") or "")[:19],
         )
     stdout_console().print(table)
+    for element in envelope["elements"]:
+        if element.get("status") == "unreadable":
+            say(f"{element['executionId']} cannot be read: {element.get('error')}")
 
 
 def logs(

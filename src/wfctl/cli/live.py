@@ -37,42 +37,66 @@ class PlainProgress:
 
 
 class LiveTable:
-    """The live table of steps on stderr, redrawn at most every REFRESH_SECONDS."""
+    """The live table of steps on stderr, redrawn every REFRESH_SECONDS from the
+    execution document as it is now.
+
+    Redrawing on a clock, not on events, is what keeps the screen true: an event that
+    arrives between two redraws shows at the next one, and while a long step runs
+    (no events at all) its time and the footer's keep ticking. Events that end the
+    execution are drawn at once.
+    """
+
+    # Rows kept off the table's budget: the header, the blank line, the bar, the footer
+    # (which may wrap once).
+    CHROME_ROWS = 6
 
     def __init__(self) -> None:
         from rich.console import Console
         from rich.live import Live
 
         self.console = Console(stderr=True)
-        self.live = Live(console=self.console, auto_refresh=False, transient=False, redirect_stdout=False, redirect_stderr=False)
         self.document: dict | None = None
-        self.started = time.monotonic()
-        self._last = 0.0
-        self._lock = threading.Lock()
+        self._last: Any = None  # the last table drawn, shown again if a redraw fails
+        self.live = Live(
+            console=self.console,
+            auto_refresh=True,
+            refresh_per_second=1 / REFRESH_SECONDS,
+            transient=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
+            get_renderable=self._renderable,
+        )
 
     def __enter__(self) -> "LiveTable":
         self.live.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._draw(force=True)
-        self.live.stop()
+        self.live.stop()  # draws the final state once more
 
     def start(self, document: dict) -> None:
         self.document = document
-        self._draw(force=True)
+        self.live.refresh()
 
     def __call__(self, event: dict, state: Any) -> None:
         self.document = state.document
-        self._draw(force=event["type"].startswith("execution."))
+        if event["type"].startswith("execution."):
+            self.live.refresh()
 
-    def _draw(self, *, force: bool) -> None:
-        now = time.monotonic()
-        if self.document is None or (not force and now - self._last < REFRESH_SECONDS):
-            return
-        with self._lock:
-            self._last = now
-            self.live.update(execution_table(self.document, now - self.started), refresh=True)
+    def _renderable(self) -> Any:
+        """The table of the document as it is now (called by Rich's refresh thread)."""
+        from rich.text import Text
+
+        if self.document is None:
+            return Text("")
+        try:
+            rows = max(1, self.console.height - self.CHROME_ROWS)
+            self._last = execution_table(self.document, time.time(), max_rows=rows)
+        except RuntimeError:
+            # The engine changed the document while it was read (a dict that grew):
+            # the next redraw, a tenth of a second later, reads it again.
+            pass
+        return self._last if self._last is not None else Text("")
 
 
 class Silent:

@@ -11,7 +11,7 @@ from wfctl.cli.output import emit_json, say, stdout_console
 
 
 def traces(
-    workflow: Annotated[str, typer.Argument(metavar="WF", help="A workflow id or exact name.")],
+    workflow: Annotated[str, typer.Argument(metavar="WF", help="A workflow id or exact name (a deleted workflow's too).")],
     page: Annotated[int, typer.Option(help="Page number, from 1.")] = 1,
     size: Annotated[Optional[int], typer.Option(help="Traces per page (default 50, at most 100).")] = None,
     json: Json = False,
@@ -29,15 +29,16 @@ def traces(
     for column in ("trace", "status", "run date"):
         table.add_column(column, no_wrap=True)
     for element in envelope["elements"]:
-        table.add_row(element["id"], element["status"], element["run_date"][:19])
+        status = element["status"] + (" (dry run)" if element.get("dryRun") else "")
+        table.add_row(element["id"], status, element["run_date"][:19])
     stdout_console().print(table)
     pages = envelope["pages"]
     say(f"{envelope['count']} trace{'s' if envelope['count'] != 1 else ''} · page {pages['current']} of {pages['max']}")
 
 
 def trace(
-    workflow: Annotated[str, typer.Argument(metavar="WF", help="A workflow id or exact name.")],
-    trace_id: Annotated[str, typer.Argument(metavar="TRACE", help="A trace id (the execution id of the run).")],
+    workflow: Annotated[str, typer.Argument(metavar="WF", help="A workflow id or exact name (a deleted workflow's too).")],
+    trace_id: Annotated[str, typer.Argument(metavar="TRACE", help="A trace id (the execution id of the run) or the trace's uuid.")],
     json: Json = False,
 ) -> None:
     """Show one full trace: input, result, and every stage with its status and duration."""
@@ -51,7 +52,8 @@ def trace(
     from rich.table import Table
 
     console = stdout_console()
-    console.print(f"trace {document['id']} · {document['status']} · {document['run_date']}", markup=False)
+    dry = " (dry run)" if document.get("dryRun") else ""
+    console.print(f"trace {document['id']} · {document['status']}{dry} · {document['run_date']}", markup=False)
     table = Table(box=None, pad_edge=False)
     for column in ("stage", "status", "duration", "attempts"):
         table.add_column(column, no_wrap=True)

@@ -127,7 +127,14 @@ def schema() -> None:
 
 
 def graph(
-    workflow: Annotated[str, typer.Argument(metavar="WF", help="A workflow id, exact name, or workflow file.")],
+    workflow: Annotated[
+        str,
+        typer.Argument(
+            metavar="WORKFLOW_OR_FILE",
+            help="A registered workflow's id or exact name, or a workflow file: read as a file only when it "
+            "looks like a path (./build, anything with a /, or a .yaml, .yml or .json suffix).",
+        ),
+    ],
     format: Annotated[str, typer.Option("--format", "-f", help="mermaid or dot.")] = "mermaid",
 ) -> None:
     """Print the workflow as a Mermaid (default) or Graphviz DOT graph."""
