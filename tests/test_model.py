@@ -459,3 +459,41 @@ def test_fail_fast_cancels_a_running_sibling_in_a_parallel_step_too(tmp_path):
     assert statuses(document) == {"p": "failed", "slow": "cancelled", "fails": "failed"}
     slow = next(r for r in document["steps"][0]["steps"] if r["id"] == "slow")
     assert slow["error"]["kind"] == "cancelled"
+
+
+def test_retry_fields_a_group_hands_down_are_resolved_in_the_model():
+    workflow = build_workflow({"name": "handed", "steps": [
+        {"id": "p", "type": "parallel", "errorHandling": {"maxRetries": 2, "delay": 5}, "steps": [
+            {"id": "c", "run": "true"},
+            {"id": "d", "run": "true", "errorHandling": {"strategy": "fail"}},
+            {"id": "l", "type": "loop", "items": 2, "errorHandling": {"backoff": "fixed"},
+             "step": {"id": "body", "run": "true"}},
+        ]},
+        {"id": "outside", "run": "true"},
+    ]})
+    c, d, body = (workflow.by_id[key].policy for key in ("c", "d", "body"))
+    assert (c.strategy, c.max_retries, c.delay) == ("retry", 2, 5.0)
+    assert (d.strategy, d.max_retries) == ("fail", 0)  # its own strategy: fail
+    assert (body.max_retries, body.delay, body.backoff) == (2, 5.0, "fixed")  # through two groups
+    assert workflow.by_id["outside"].policy.max_retries == 0
+    assert workflow.by_id["c"].inherited == {"maxRetries": 2, "delay": 5}
+
+
+def test_the_workflows_fallback_inherits_the_retry_fields_where_it_stands_in(tmp_path):
+    """The shared fallback has one model, but stands in for steps in many places: inside
+    a group that hands down retries, its attempts follow them."""
+    tries = tmp_path / "tries"
+    workflow = {
+        "name": "shared-fallback",
+        "errorHandling": {"strategy": "fallback",
+                          "fallback": {"id": "rescue", "run": f'echo x >> "{tries}"; [ $(wc -l < "{tries}") -ge 2 ]'}},
+        "steps": [
+            {"id": "group", "type": "parallel", "errorHandling": {"maxRetries": 1, "delay": 0},
+             "steps": [{"id": "inner", "run": "exit 1", "errorHandling": {"maxRetries": 0}}]},
+        ],
+    }
+    status, _, events, document = run_in_process(tmp_path, workflow)
+    assert status == "completed"
+    assert [e["attempt"] for e in events if e["type"] == "step.started" and e["step"] == "rescue@inner"] == [1, 2]
+    inner = next(r for r in document["steps"][0]["steps"] if r["id"] == "inner")
+    assert inner["status"] == "completed" and inner["recoveredBy"] == "rescue@inner"
