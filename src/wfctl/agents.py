@@ -93,22 +93,14 @@ def failure(kind: str, message: str, exit_code: int | None = None) -> Outcome:
 
 
 def parse_result(text: str) -> Any:
-    """Output text becomes JSON when it is JSON, else the stripped text; empty is null."""
-    stripped = text.strip()
-    if not stripped:
-        return None
-    if stripped[0] in "{[\"-0123456789tfn":
-        try:
-            return json.loads(stripped, parse_constant=_no_constant)
-        except ValueError:
-            pass
-    return stripped
+    """Output text becomes JSON when it is JSON, else the stripped text; empty is null.
 
+    Untrusted text is decoded with bounds (values.decode): JSON nested deeper than
+    values.MAX_DEPTH, NaN, Infinity and numbers out of range stay text.
+    """
+    from wfctl.values import decode
 
-def _no_constant(name: str):
-    # NaN and Infinity are not JSON: output holding them stays text, so every record
-    # wfctl writes is JSON that jq and others can read.
-    raise ValueError(name)
+    return decode(text)
 
 
 def describe(agent: dict) -> str:

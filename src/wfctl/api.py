@@ -19,13 +19,24 @@ from typing import Any, Callable, Mapping
 from wfctl.config import Config
 from wfctl.errors import (
     Conflict,
+    ExecutionNotFound,
     ExitCode,
     Problem,
     StepNotFound,
+    StoreError,
     UsageError,
+    WfctlError,
     WorkflowInvalid,
 )
-from wfctl.record import TERMINAL_STATUSES, ExecutionState, new_document, read_journal, walk
+from wfctl.record import (
+    TERMINAL_STATUSES,
+    ExecutionState,
+    apply_events,
+    new_document,
+    read_journal,
+    state_from_snapshot,
+    walk,
+)
 from wfctl.registry import Registry, paginate, present
 from wfctl.store import Store, check_execution_id, check_step_key, new_id, read_bytes_nofollow
 
@@ -473,19 +484,27 @@ def load_execution_state(execution_id: str) -> tuple[ExecutionState, int]:
     store = _store()
     check_execution_id(execution_id)
     snapshot = store.load_snapshot(execution_id)
-    state = ExecutionState(snapshot)
+    state = state_from_snapshot(snapshot, source=str(store.execution_dir(execution_id) / "execution.json"))
     journal = store.journal_path(execution_id)
-    offset = int(snapshot.get("journalOffset") or 0)
+    offset = _journal_offset(snapshot, journal)
     try:
         tail = read_bytes_nofollow(journal, offset=offset)
     except FileNotFoundError:
         tail = b""
-    events, intact = read_journal(tail, source=str(journal), first_line=_line_at(journal, offset))
-    for event in events:
-        state.apply(event)
+    first_line = _line_at(journal, offset)
+    events, intact = read_journal(tail, source=str(journal), first_line=first_line)
+    apply_events(state, events, source=str(journal), first_line=first_line)
     if state.document.get("status") in ("pending", "running", "paused") and not runner_alive(store, execution_id):
         state.document["status"] = "interrupted"
     return state, offset + intact
+
+
+def _journal_offset(snapshot: dict, journal: Path) -> int:
+    """Where the journal goes on after the snapshot (a whole number), or StoreError."""
+    offset = snapshot.get("journalOffset") or 0
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise StoreError(f"the snapshot next to {journal} has no usable journalOffset ({offset!r}).")
+    return offset
 
 
 def _line_at(path: Path, offset: int) -> int:
@@ -520,8 +539,12 @@ def list_executions(*, workflow: str | None = None, status: str | None = None, l
             break
         try:
             document = get_execution(execution_id)
-        except Exception:  # one unreadable execution must not hide the others
-            continue
+        except ExecutionNotFound:
+            continue  # removed (pruned) while we listed
+        except WfctlError as err:  # listed, saying why it cannot be read; the others still are
+            document = unreadable(execution_id, err.message)
+        except Exception as err:  # whatever one record holds, it must not hide the others
+            document = unreadable(execution_id, f"{type(err).__name__}: {err}")
         if workflow_id is not None and document.get("workflowId") != workflow_id:
             continue
         if status is not None and document.get("status") != status:
@@ -534,8 +557,13 @@ def list_executions(*, workflow: str | None = None, status: str | None = None, l
     return {"entities": "Execution", "count": count, "elements": elements}
 
 
+def unreadable(execution_id: str, message: str) -> dict:
+    """What a list shows of an execution whose record cannot be read: its id and why."""
+    return {"executionId": execution_id, "status": "unreadable", "error": {"message": message}}
+
+
 def summary(document: dict) -> dict:
-    return {
+    shown = {
         "executionId": document["executionId"],
         "workflowId": document.get("workflowId"),
         "workflowName": document.get("workflowName"),
@@ -545,6 +573,9 @@ def summary(document: dict) -> dict:
         "startedAt": document.get("startedAt"),
         "completedAt": document.get("completedAt"),
     }
+    if document.get("status") == "unreadable":
+        shown["error"] = document.get("error")
+    return shown
 
 
 def logs(execution_id: str, step: str | None = None, *, raw: bool = False) -> dict:
@@ -701,6 +732,7 @@ def watch(
     if on_start is not None:
         on_start(state.document)
     journal = store.journal_path(execution_id)
+    line = _line_at(journal, offset)  # of the next whole line, for messages
     buffer = b""
     while state.document.get("status") not in FINISHED | {"interrupted"}:
         alive = runner_alive(store, execution_id)
@@ -712,11 +744,12 @@ def watch(
         buffer += chunk
         complete, _, buffer = buffer.rpartition(b"\n")
         if complete:
-            events, _ = read_journal(complete + b"\n", source=str(journal))
-            for event in events:
-                state.apply(event)
+            events, _ = read_journal(complete + b"\n", source=str(journal), first_line=line)
+            for number, event in enumerate(events, start=line):
+                apply_events(state, [event], source=str(journal), first_line=number)
                 if on_event is not None:
                     on_event(event, state)
+            line += len(events)
         if not chunk and not alive:
             if state.document.get("status") not in FINISHED:
                 state.document["status"] = "interrupted"

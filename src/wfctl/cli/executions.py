@@ -298,6 +298,8 @@ def executions(
     for column in ("execution", "workflow", "status", "progress", "started"):
         table.add_column(column, no_wrap=True)
     for element in envelope["elements"]:
+        if element.get("status") == "unreadable":
+            say(f"wfctl: {element['executionId']} cannot be read: {(element.get('error') or {}).get('message')}")
         progress = element.get("progress") or {}
         table.add_row(
             element["executionId"],
