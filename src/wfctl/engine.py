@@ -23,6 +23,7 @@ from wfctl import faults
 from wfctl.agents import AttemptContext, Outcome, failure, plain_text, run_agent
 from wfctl.errors import ExpressionError
 from wfctl.record import branch_steps, now_iso, step_type
+from wfctl.results import settle
 from wfctl.retry import Policy, backoff_delay, policy_for
 
 Emit = Callable[[dict], None]
@@ -306,7 +307,7 @@ class Engine:
                 outcome = failure("error", f"escalation agent '{policy.escalate_to}' is not defined.")
             else:
                 ctx = self._context(step, f"{key}@escalation", frame, task, context_inputs, 1, ChainMap({"task": task}, scope))
-                outcome = (self.settings.executor or run_agent)(resolved[1], ctx)
+                outcome = settle((self.settings.executor or run_agent)(resolved[1], ctx), ctx, resolved[1])
             event["ok"] = outcome.ok
             if outcome.ok:
                 event["output"] = outcome.output
@@ -493,11 +494,13 @@ class Engine:
         ctx.env.update(env)
         ctx.agent_name = step.get("agent")
         if "run" not in agent:
-            return (self.settings.executor or run_agent)(agent, ctx)
+            return settle((self.settings.executor or run_agent)(agent, ctx), ctx, agent)
         # Each running command holds a few file descriptors: however high maxConcurrency
         # is, no more start at once than the descriptor limit allows.
         with self._spawn_slots:
-            return (self.settings.executor or run_agent)(agent, ctx)
+            outcome = (self.settings.executor or run_agent)(agent, ctx)
+        # The result becomes the state and the record's: checked and capped here, for every kind.
+        return settle(outcome, ctx, agent)
 
     def _context(
         self, step: dict, key: str, frame: Frame, task: str | None, inputs: dict, attempt: int, scope: Mapping
