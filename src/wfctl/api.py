@@ -219,6 +219,7 @@ def prepare(
         if problems:
             raise WorkflowInvalid(problems)
     run_input = check_execution_input(definition, dict(input or {}), file=name)
+    infrastructure_retries(config)  # a wrong value: exit 2, nothing written
     address = executor or config.data.get("executor") or "local"
     probe = open_executor(address)  # an executor that cannot be reached: exit 2, nothing written
     if probe is not None:
@@ -365,11 +366,23 @@ def _run_options(config: Config, options: dict, document: dict, **listeners: Any
         dry_run=bool(options.get("dryRun")),
         notify=dict(options.get("notify") or {}),
         max_concurrency=int(config.default("max_concurrency") or 4),
+        infrastructure_retries=infrastructure_retries(config),
         agents=dict(config.agents),
         teams=dict(config.teams),
         config=config.data,
         **listeners,
     )
+
+
+def infrastructure_retries(config: Config) -> int:
+    """`defaults.infrastructure_retries`: how often an attempt a Dask worker's death cost
+    is run again (0 or more)."""
+    value = config.default("infrastructure_retries")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(
+            f"defaults.infrastructure_retries in {config.path} must be a whole number, 0 or more, not {value!r}."
+        )
+    return value
 
 
 RETRYABLE_EXECUTIONS = ("failed", "cancelled", "timed_out", "interrupted")

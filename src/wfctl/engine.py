@@ -64,6 +64,9 @@ class Settings:
     executor: Callable[[dict, AttemptContext], Outcome] | None = None
     secrets: Mapping[str, str] | None = None  # NAME → value: env vars of steps, `secrets.NAME`
     masker: Any = None  # masks those values in logs
+    # Attempts lost to the infrastructure (a Dask worker that died) are run again this
+    # many times, apart from the step's own retry policy (defaults.infrastructure_retries).
+    infrastructure_retries: int = 3
 
 
 @dataclass
@@ -373,6 +376,7 @@ class Engine:
         # would after a recorded start.
         fold = resolved is not None and "python" in resolved[1] and self.settings.executor is None
         deferred: dict | None = None
+        lost = 0  # attempts lost to the infrastructure and run again
         while True:
             if self.cancelled:
                 outcome = outcome or failure("cancelled", "cancelled before it started.")
@@ -401,25 +405,21 @@ class Engine:
             if deferred is not None:
                 self.emit(deferred)  # a failed attempt is recorded in full
                 deferred = None
+            if self._retries_infrastructure(outcome, lost):
+                # The cluster lost the attempt, the step did not fail: run it again at
+                # once (the scheduler places it on a live worker), not counting it
+                # against the step's own retry policy.
+                lost += 1
+                self._emit_attempt_failed(key, attempt, outcome, attempt_started, 0.0)
+                continue
             kind = outcome.error["kind"] if outcome.error else "failed"
-            if not self._should_retry(policy, kind, outcome, attempt - first_attempt + 1, started):
+            tries = attempt - first_attempt + 1 - lost  # the attempts the policy counts
+            if not self._should_retry(policy, kind, outcome, tries, started):
                 break
-            wait = backoff_delay(policy, attempt - first_attempt + 1)
+            wait = backoff_delay(policy, tries)
             if policy.max_duration is not None:
                 wait = min(wait, max(0.0, policy.max_duration - (time.monotonic() - started)))
-            self.emit(
-                {
-                    "type": "attempt.failed",
-                    "at": now_iso(),
-                    "step": key,
-                    "attempt": attempt,
-                    "exitCode": outcome.exit_code,
-                    "error": outcome.error,
-                    "attemptDuration": round(time.monotonic() - attempt_started, 6),
-                    "retryIn": round(wait, 3),
-                    **({"worker": outcome.worker} if outcome.worker else {}),
-                }
-            )
+            self._emit_attempt_failed(key, attempt, outcome, attempt_started, wait)
             self._wait(wait)
         ok = outcome.ok
         kind = outcome.error["kind"] if outcome.error else None
@@ -461,6 +461,29 @@ class Engine:
         error = dict(outcome.error or {})
         error["attempts"] = attempt
         return False, None, error
+
+    def _retries_infrastructure(self, outcome: Outcome, lost: int) -> bool:
+        """Is this failed attempt one the infrastructure lost (a Dask worker died under
+        it), to be run again? At most settings.infrastructure_retries times per step."""
+        if self.cancelled or not outcome.error or not outcome.error.get("infrastructure"):
+            return False
+        return lost < self.settings.infrastructure_retries
+
+    def _emit_attempt_failed(self, key: str, attempt: int, outcome: Outcome, attempt_started: float, wait: float) -> None:
+        """A failed attempt that another one follows, `wait` seconds later."""
+        self.emit(
+            {
+                "type": "attempt.failed",
+                "at": now_iso(),
+                "step": key,
+                "attempt": attempt,
+                "exitCode": outcome.exit_code,
+                "error": outcome.error,
+                "attemptDuration": round(time.monotonic() - attempt_started, 6),
+                "retryIn": round(wait, 3),
+                **({"worker": outcome.worker} if outcome.worker else {}),
+            }
+        )
 
     def _mark_failure(self, event: dict, policy: Policy) -> None:
         """Failure events say what happens next, for the record and for notifications."""

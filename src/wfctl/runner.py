@@ -257,6 +257,7 @@ class RunOptions:
     extra_env: dict = field(default_factory=dict)
     nice: int = 0
     executor: str = "local"  # "local", or "dask://HOST:PORT"
+    infrastructure_retries: int = 3  # re-runs of an attempt the infrastructure lost
     base_dir: Path | None = None  # where relative secret files are found (the workflow file's directory)
 
 
@@ -357,6 +358,7 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
         executor=executor,
         secrets=secrets,
         masker=masker,
+        infrastructure_retries=options.infrastructure_retries,
     )
     engine = Engine(definition, settings, recorder, prior=prior)
     # A record that cannot be written stops the run: no step starts that could not be kept.
