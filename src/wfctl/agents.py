@@ -12,11 +12,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
+
+from wfctl.values import NotJSON, bound
 
 # Output kept inline in the execution record; the full text stays in the log file.
 INLINE_OUTPUT_LIMIT = 256 * 1024
@@ -510,8 +512,6 @@ def run_python(target: str, ctx: AttemptContext) -> Outcome:
     output = _AgentOutput(ctx, f"python {target}")
     if ctx.timeout is None:
         return _call_python(target, ctx, output)
-    import threading
-
     box: list[Outcome] = []
     worker = threading.Thread(target=lambda: box.append(_call_python(target, ctx, output)), daemon=True)
     worker.start()
@@ -521,10 +521,9 @@ def run_python(target: str, ctx: AttemptContext) -> Outcome:
     return box[0]
 
 
-def _call_python(target: str, ctx: AttemptContext, output: "_AgentOutput") -> Outcome:
-    from wfctl.values import NotJSON, bound
-
-    with routed_output(output):
+def _call_python(target: str, ctx: AttemptContext, output: _AgentOutput) -> Outcome:
+    previous = route_output(output)
+    try:
         try:
             function = resolve_python(target)  # an import prints and fails like a call
         except BaseException as err:  # an agent's import can fail in any way; it is reported, not raised
@@ -542,16 +541,20 @@ def _call_python(target: str, ctx: AttemptContext, output: "_AgentOutput") -> Ou
                 raise
             output.traceback(err)
             return output.end(failure("failed", exception_text(err)))
-    try:
-        bounded = bound(result)
-    except NotJSON as problem:
-        message = f"python agent {_python_name(ctx, target)} returned a value that is not JSON data: {problem}."
-        return output.end(failure("failed", message))
-    if bounded.spill is not None:
-        output.spill(bounded.spill)
+    finally:
+        _ROUTE.output = previous
+    if result is not None:  # None is JSON data: the commonest result goes without a check
+        try:
+            bounded = bound(result)
+        except NotJSON as problem:
+            message = f"python agent {_python_name(ctx, target)} returned a value that is not JSON data: {problem}."
+            return output.end(failure("failed", message))
+        if bounded.spill is not None:
+            output.spill(bounded.spill)
+        result = bounded.value
     # A step that needed retries shows every attempt in its log; a first-time success
     # of an in-process call that printed nothing writes no file (that would dominate its cost).
-    return output.end(Outcome(ok=True, output=bounded.value, settled=True), quiet=ctx.attempt == 1)
+    return output.end(Outcome(ok=True, output=result, settled=True), quiet=ctx.attempt == 1)
 
 
 def _python_name(ctx: AttemptContext, target: str) -> str:
@@ -595,19 +598,24 @@ class _AgentOutput:
     prints (masked, secrets split across writes included), then the attempt's last line.
     The log file is opened at the first write: a quiet success writes nothing."""
 
-    def __init__(self, ctx: AttemptContext, what: str) -> None:
-        import threading
+    __slots__ = ("_at_line_start", "_closed", "_lock", "_log", "_mask", "_text", "ctx", "what")
 
+    def __init__(self, ctx: AttemptContext, what: str) -> None:
+        # Made for every in-process call: only what a quiet call needs is set up here.
         self.ctx = ctx
         self.what = what
-        self.binary = _BinarySink(self)
-        self.text = _TextSink(self)
-        self._lock = threading.Lock()
-        self._log: Any = None
-        self._mask = ctx.masker.stream() if ctx.masker else None
-        self._at_line_start = True
+        self._text: _TextSink | None = None
+        self._log: Any = None  # the log file, with _mask and _at_line_start once opened
         self._closed = False
-        self._failure: str | None = None  # why the log could not be written
+        # Two threads share this only when a timeout runs the call in a thread of its own.
+        self._lock = threading.Lock() if ctx.timeout is not None else _UNSHARED
+
+    @property
+    def text(self) -> _TextSink:
+        """The agent's sys.stdout and sys.stderr (made at the first write: most agents print nothing)."""
+        if self._text is None:
+            self._text = _TextSink(self)
+        return self._text
 
     def write(self, data: bytes) -> None:
         with self._lock:
@@ -636,30 +644,34 @@ class _AgentOutput:
     def end(self, outcome: Outcome, *, quiet: bool = False) -> Outcome:
         """Close the section with the outcome's line. `quiet`: no section at all when
         the agent wrote nothing. A log that cannot be written fails the attempt."""
+        if quiet and self._log is None:  # nothing written, nothing to write: the common case
+            self._closed = True
+            return outcome
         last = "completed" if outcome.ok else str((outcome.error or {}).get("message"))
+        problem = None
         with self._lock:
             if self._closed:
                 return outcome
             self._closed = True
             try:
-                if self._log is None and quiet:
-                    return outcome
                 self._open()
                 if self._mask is not None:
                     self._put(self._mask.flush())
                 line = last if self._at_line_start else "\n" + last
                 self._put(self._masked(line + "\n"))
             except OSError as err:
-                self._failure = f"cannot write the step's log {self.ctx.log_path}: {err.strerror or err}."
+                problem = f"cannot write the step's log {self.ctx.log_path}: {err.strerror or err}."
             finally:
                 if self._log is not None:
                     self._log.close()
-        if self._failure is not None:
-            return failure("error", self._failure)
+        if problem is not None:
+            return failure("error", problem)
         return outcome
 
     def _open(self) -> None:
         if self._log is None:
+            self._mask = self.ctx.masker.stream() if self.ctx.masker else None
+            self._at_line_start = True
             self._log = _open_log(self.ctx.log_path)
             self._put(self._masked(f"=== attempt {self.ctx.attempt} · {self.what}\n"))
 
@@ -674,6 +686,19 @@ class _AgentOutput:
         return text.encode("utf-8", "replace")
 
 
+class _Unshared:
+    """The lock of an _AgentOutput that one thread alone uses: nothing to wait for."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_UNSHARED = _Unshared()
+
+
 class _TextSink:
     """sys.stdout / sys.stderr as an in-process agent sees them: text to its log."""
 
@@ -682,7 +707,7 @@ class _TextSink:
 
     def __init__(self, output: _AgentOutput) -> None:
         self._output = output
-        self.buffer = output.binary
+        self.buffer = _BinarySink(output)
 
     def write(self, text: str) -> int:
         self._output.write(str(text).encode("utf-8", "replace"))
@@ -764,49 +789,26 @@ class _RoutedStream:
         return getattr(self._target(), name)
 
 
-def _routing_state() -> Any:
-    import threading
-
-    return threading.local(), threading.Lock()
+_ROUTE = threading.local()  # .output: the _AgentOutput this thread's prints go to
+_ROUTING_LOCK = threading.Lock()
 
 
-_ROUTE, _ROUTING_LOCK = _routing_state()
-_routing_users = 0
+def route_output(output: _AgentOutput | None) -> _AgentOutput | None:
+    """From now on this thread's writes to sys.stdout/sys.stderr go to `output` (None:
+    to the real streams again). Returns what was routed before, to put back.
 
-
-@contextmanager
-def routed_output(output: _AgentOutput) -> Iterator[None]:
-    """While the block runs, this thread's writes to sys.stdout/sys.stderr go to `output`."""
-    _start_routing()
+    The routing streams stay in place once installed (putting the real ones back after
+    every call would cost more than most in-process steps); they pass every other
+    thread's writes through untouched.
+    """
+    if type(sys.stdout) is not _RoutedStream or type(sys.stderr) is not _RoutedStream:
+        with _ROUTING_LOCK:
+            for name in ("stdout", "stderr"):
+                if type(getattr(sys, name)) is not _RoutedStream:  # also when someone replaced ours
+                    setattr(sys, name, _RoutedStream(getattr(sys, name)))
     previous = getattr(_ROUTE, "output", None)
     _ROUTE.output = output
-    try:
-        yield
-    finally:
-        _ROUTE.output = previous
-        _stop_routing()
-
-
-def _start_routing() -> None:
-    global _routing_users
-    with _ROUTING_LOCK:
-        _routing_users += 1
-        for name in ("stdout", "stderr"):
-            stream = getattr(sys, name)
-            if not isinstance(stream, _RoutedStream):  # also when someone replaced ours meanwhile
-                setattr(sys, name, _RoutedStream(stream))
-
-
-def _stop_routing() -> None:
-    global _routing_users
-    with _ROUTING_LOCK:
-        _routing_users -= 1
-        if _routing_users:
-            return
-        for name in ("stdout", "stderr"):
-            stream = getattr(sys, name)
-            if isinstance(stream, _RoutedStream):
-                setattr(sys, name, stream._real)
+    return previous
 
 
 def _log_attempt(ctx: AttemptContext, what: str, text: str) -> None:

@@ -380,7 +380,7 @@ def _journal_event(line: bytes, source: str, line_number: int) -> dict:
     return event
 
 
-def apply_events(state: "ExecutionState", events: Iterable[dict], *, source: str, first_line: int = 1) -> None:
+def apply_events(state: ExecutionState, events: Iterable[dict], *, source: str, first_line: int = 1) -> None:
     """Apply journal events in order; an event the reducer cannot apply (a field
     missing or of the wrong type) is reported with its file and line, never as a crash."""
     for number, event in enumerate(events, start=first_line):
@@ -392,7 +392,7 @@ def apply_events(state: "ExecutionState", events: Iterable[dict], *, source: str
             ) from None
 
 
-def state_from_snapshot(document: Any, *, source: str) -> "ExecutionState":
+def state_from_snapshot(document: Any, *, source: str) -> ExecutionState:
     """The state of an execution from its snapshot, or StoreError naming the file."""
     try:
         if not isinstance(document, dict) or not isinstance(document.get("steps"), list):

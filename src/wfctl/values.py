@@ -32,8 +32,8 @@ MARKER_ROOM = 512
 MAX_VALUES = 1_000_000  # parts of a value checked before it counts as too large to check
 MAX_INT_BITS = 14_000  # about 4,200 digits: Python refuses to print longer integers
 
-_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
-_JSON_TOKENS_BYTES = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+_JSON_TOKENS_BYTES = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LEAVE = object()  # stack marker: the walk leaves a container (for cycle detection)
 
@@ -192,7 +192,7 @@ def _int_size(number: int, path: Any) -> int:
 
 def _float_size(number: float, path: Any) -> int:
     if not math.isfinite(number):
-        name = "NaN" if number != number else ("Infinity" if number > 0 else "-Infinity")
+        name = "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
         raise NotJSON(format_path(path), f"is {name}, which is not a JSON number")
     return 24
 
@@ -249,6 +249,8 @@ def marker(total: int) -> str:
 def bound(value: Any, limit: int = INLINE_LIMIT) -> Bounded:
     """`value` checked as JSON data (NotJSON if it is not) and kept within `limit`: a
     result whose JSON is larger becomes the beginning of that JSON text plus a marker."""
+    if value is None or type(value) is bool:
+        return Bounded(value)  # the most common results of in-process steps: no walk
     if isinstance(value, str):
         check(value)
         data = value.encode("utf-8")
@@ -316,7 +318,9 @@ def _writable_part(part: Any, level: int, max_depth: int, inside: set, stack: li
     if part is None or isinstance(part, (bool, int)):
         return part if not isinstance(part, int) or part.bit_length() <= MAX_INT_BITS else str(part)[:64] + "…"
     if isinstance(part, float):
-        return part if math.isfinite(part) else ("NaN" if part != part else ("Infinity" if part > 0 else "-Infinity"))
+        if math.isfinite(part):
+            return part
+        return "NaN" if math.isnan(part) else ("Infinity" if part > 0 else "-Infinity")
     if isinstance(part, str):
         return part if part.isascii() else part.encode("utf-8", "replace").decode("utf-8")
     if isinstance(part, (dict, list, tuple)):
