@@ -694,3 +694,53 @@ def test_attempts_the_infrastructure_lost_are_run_again_apart_from_the_retry_pol
             "fail": "exited with code 1.",
         }[script[-1]]
         assert finished["error"]["message"] == expected
+
+
+def test_an_agent_with_a_timeout_prints_to_its_log_and_an_overrun_is_dropped_after(wfctl, workflow_file, tmp_path, monkeypatch):
+    release, done = tmp_path / "release", tmp_path / "done"
+    monkeypatch.setenv("RELEASE", str(release))
+    monkeypatch.setenv("DONE", str(done))
+    python_module(tmp_path, "wfctl_test_slow", """\
+        import os, time
+
+        def quick(context):
+            print("quick and timed")  # runs in a thread of its own (the step has a timeout)
+            return "quick"
+
+        def slow(context):
+            print("before the timeout")
+            for _ in range(400):  # bounded: at most 20 s
+                if os.path.exists(os.environ["RELEASE"]):
+                    break
+                time.sleep(0.05)
+            print("after the timeout")  # the attempt is over: dropped
+            open(os.environ["DONE"], "w").close()
+            return "late"
+    """)
+    path = workflow_file("""\
+        name: timed-python
+        agents:
+          quick: {python: "wfctl_test_slow:quick"}
+          slow: {python: "wfctl_test_slow:slow"}
+        steps:
+          - {id: quick, agent: quick, task: t, timeout: 20}
+          - {id: slow, agent: slow, task: t, timeout: 1, errorHandling: {strategy: continue}}
+          - id: finish
+            run: |
+              touch "$RELEASE"
+              i=0; while [ ! -e "$DONE" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done
+              test -e "$DONE"
+    """)
+    document, result = run_json(wfctl, "execute", path, code=0, cwd=tmp_path)
+    steps = records(document)
+    assert steps["quick"]["output"] == "quick" and steps["slow"]["error"]["message"] == "timed out after 1s."
+    assert steps["finish"]["status"] == "completed"  # the abandoned call printed after its attempt ended
+    assert "before the timeout" not in result.stdout + result.stderr
+    assert "after the timeout" not in result.stdout + result.stderr
+    logs = execution_dir(document["executionId"]) / "logs"
+    assert (logs / "quick.log").read_text().splitlines() == [
+        "=== attempt 1 · python wfctl_test_slow:quick", "quick and timed", "completed",
+    ]
+    assert (logs / "slow.log").read_text().splitlines() == [
+        "=== attempt 1 · python wfctl_test_slow:slow", "before the timeout", "timed out after 1s.",
+    ]
