@@ -444,6 +444,50 @@ def test_a_result_that_is_not_json_data_fails_the_step_naming_where(wfctl, wfctl
     assert [a["status"] for a in records(again)["call"]["attempts"]] == ["failed", "failed"]
 
 
+def test_an_agent_changing_what_it_returned_changes_neither_the_record_nor_the_next_steps(wfctl, workflow_file, tmp_path):
+    python_module(tmp_path, "wfctl_test_keeper", """\
+        SEEN = []
+
+        def collect(context):
+            SEEN.append(context["index"])
+            return SEEN  # the same list every time, changed by the next call
+    """)
+    path = workflow_file("""\
+        name: keeper
+        agents:
+          keep: {python: "wfctl_test_keeper:collect"}
+        steps:
+          - id: each
+            type: loop
+            items: 3
+            step: {id: collect, agent: keep, task: t}
+            output: collected
+          - id: check
+            type: conditional
+            condition: collected == [[0], [0, 1], [0, 1, 2]]
+            then: {id: same, run: echo same}
+            else: {id: different, run: echo different}
+    """)
+    document, _ = run_json(wfctl, "execute", path, code=0, cwd=tmp_path)
+    steps = records(document)
+    assert [steps[f"collect[{n}]"]["output"] for n in range(3)] == [[0], [0, 1], [0, 1, 2]]
+    assert steps["each"]["output"] == {"collected": [[0], [0, 1], [0, 1, 2]]}
+    assert steps["check"]["branch"] == "then"  # the state saw what the record holds
+
+
+def test_json_text_with_a_lone_surrogate_stays_text(wfctl, wfctl_json, workflow_file):
+    path = workflow_file("""\
+        name: surrogate
+        steps:
+          - id: odd
+            run: |
+              printf '%s' '{"text": "\\ud800 alone", "pair": "\\ud83d\\ude00"}'
+    """)
+    document = wfctl_json("execute", path)
+    assert document["steps"][0]["output"] == '{"text": "\\ud800 alone", "pair": "\\ud83d\\ude00"}'
+    assert_readable(wfctl, wfctl_json, document["executionId"])
+
+
 def test_tuples_become_lists_in_the_state_as_in_the_record(wfctl, workflow_file, agents):
     path = workflow_file("""\
         name: py-tuples
@@ -591,6 +635,8 @@ def test_decode_keeps_text_past_the_bounds():
     assert decode(json.dumps(["[" * 1000])) == ["[" * 1000]
     for text in ("NaN", "[Infinity]", "-Infinity", '{"x": 1e999}', "1" * 5000):
         assert decode(text) == text
+    assert decode('"\\ud83d\\ude00"') == "\U0001F600"  # a surrogate pair is one character
+    assert decode('["\\ud800"]') == '["\\ud800"]'  # a lone one is no UTF-8 text: stays text
     assert decode("  \n") is None
     assert decode(" plain words\n") == "plain words"
 

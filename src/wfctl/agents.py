@@ -545,7 +545,7 @@ def _call_python(target: str, ctx: AttemptContext, output: _AgentOutput) -> Outc
         _ROUTE.output = previous
     if result is not None:  # None is JSON data: the commonest result goes without a check
         try:
-            bounded = bound(result)
+            bounded = bound(result, copy=True)  # the agent may change its objects later
         except NotJSON as problem:
             message = f"python agent {_python_name(ctx, target)} returned a value that is not JSON data: {problem}."
             return output.end(failure("failed", message))

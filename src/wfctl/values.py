@@ -34,6 +34,7 @@ MAX_INT_BITS = 14_000  # about 4,200 digits: Python refuses to print longer inte
 
 _JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 _JSON_TOKENS_BYTES = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LEAVE = object()  # stack marker: the walk leaves a container (for cycle detection)
 
@@ -76,9 +77,20 @@ def decode(text: str) -> Any:
     if stripped[0] not in "{[\"-0123456789tfn" or nests_deeper_than(stripped):
         return stripped
     try:
-        return json.loads(stripped, parse_constant=_not_json_number, parse_float=_finite_float)
+        value = json.loads(stripped, parse_constant=_not_json_number, parse_float=_finite_float)
     except (ValueError, RecursionError):  # not JSON, an integer too long to convert, ...
         return stripped
+    if _SURROGATE_ESCAPE.search(stripped) and not _is_utf8_text(value):
+        return stripped  # "\ud800" alone decodes to no character UTF-8 can hold
+    return value
+
+
+def _is_utf8_text(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _not_json_number(name: str) -> Any:
@@ -246,9 +258,12 @@ def marker(total: int) -> str:
     return f"\n[output truncated: {total} bytes in all; see wfctl logs]"
 
 
-def bound(value: Any, limit: int = INLINE_LIMIT) -> Bounded:
+def bound(value: Any, limit: int = INLINE_LIMIT, *, copy: bool = False) -> Bounded:
     """`value` checked as JSON data (NotJSON if it is not) and kept within `limit`: a
-    result whose JSON is larger becomes the beginning of that JSON text plus a marker."""
+    result whose JSON is larger becomes the beginning of that JSON text plus a marker.
+
+    `copy`: the value may be shared with code that changes it later (a python agent's
+    own objects): what is kept is a copy of it as it is now, as the record keeps it."""
     if value is None or type(value) is bool:
         return Bounded(value)  # the most common results of in-process steps: no walk
     if isinstance(value, str):
@@ -261,12 +276,13 @@ def bound(value: Any, limit: int = INLINE_LIMIT) -> Bounded:
     if not measure.complete:
         head = _json_head(value, limit)
         return Bounded(head + f"\n[output truncated: more than {MAX_VALUES} values; only these first bytes were kept]")
+    fresh = measure.plain and not (copy and isinstance(value, (dict, list)))
     if measure.size_bound <= limit:
-        return Bounded(value if measure.plain else plain_copy(value))
+        return Bounded(value if fresh else plain_copy(value))
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     data = text.encode("utf-8")
     if len(data) <= limit:
-        return Bounded(value if measure.plain else json.loads(text))
+        return Bounded(value if fresh else json.loads(text))
     return Bounded(_head(data, limit) + marker(len(data)), spill=text)
 
 
