@@ -25,7 +25,6 @@ from wfctl.errors import (
     StepNotFound,
     StoreError,
     UsageError,
-    WfctlError,
     WorkflowInvalid,
 )
 from wfctl.record import (
@@ -536,7 +535,11 @@ def get_execution(execution_id: str) -> dict:
 
 
 def list_executions(*, workflow: str | None = None, status: str | None = None, limit: int = 20) -> dict:
-    """Executions newest first, as an envelope like the seed's lists."""
+    """Executions newest first, as an envelope like the seed's lists.
+
+    An execution that cannot be read is listed all the same, with its id, the status
+    `unreadable` and the error: a list never hides what it counts.
+    """
     if limit < 1:
         raise UsageError("--limit must be 1 or more.")
     store = _store()
@@ -547,36 +550,47 @@ def list_executions(*, workflow: str | None = None, status: str | None = None, l
     unfiltered = workflow_id is None and status is None
     elements = []
     count = 0
+    gone = 0
     for execution_id in ids:
         if unfiltered and len(elements) >= limit:
             break
         try:
-            document = get_execution(execution_id)
+            element = summary(get_execution(execution_id))
         except ExecutionNotFound:
-            continue  # removed (pruned) while we listed
-        except WfctlError as err:  # listed, saying why it cannot be read; the others still are
-            document = unreadable(execution_id, err.message)
-        except Exception as err:  # whatever one record holds, it must not hide the others
-            document = unreadable(execution_id, f"{type(err).__name__}: {err}")
-        if workflow_id is not None and document.get("workflowId") != workflow_id:
+            gone += 1  # removed (pruned) since the directory was listed
             continue
-        if status is not None and document.get("status") != status:
+        except Exception as err:  # one unreadable execution must not hide the others
+            element = unreadable(execution_id, err)
+        if workflow_id is not None and element.get("workflowId") != workflow_id:
+            continue
+        if status is not None and element.get("status") != status:
             continue
         count += 1
         if len(elements) < limit:
-            elements.append(summary(document))
+            elements.append(element)
     if unfiltered:
-        count = len(ids)
+        count = len(ids) - gone
     return {"entities": "Execution", "count": count, "elements": elements}
 
 
-def unreadable(execution_id: str, message: str) -> dict:
-    """What a list shows of an execution whose record cannot be read: its id and why."""
-    return {"executionId": execution_id, "status": "unreadable", "error": {"message": message}}
+def unreadable(execution_id: str, err: Exception) -> dict:
+    """The list element of an execution that cannot be read, saying why."""
+    message = getattr(err, "message", None) or f"{type(err).__name__}: {err}"
+    return {
+        "executionId": execution_id,
+        "workflowId": None,
+        "workflowName": None,
+        "status": "unreadable",
+        "progress": None,
+        "priority": None,
+        "startedAt": None,
+        "completedAt": None,
+        "error": message,
+    }
 
 
 def summary(document: dict) -> dict:
-    shown = {
+    return {
         "executionId": document["executionId"],
         "workflowId": document.get("workflowId"),
         "workflowName": document.get("workflowName"),
@@ -586,9 +600,6 @@ def summary(document: dict) -> dict:
         "startedAt": document.get("startedAt"),
         "completedAt": document.get("completedAt"),
     }
-    if document.get("status") == "unreadable":
-        shown["error"] = document.get("error")
-    return shown
 
 
 def logs(execution_id: str, step: str | None = None, *, raw: bool = False) -> dict:

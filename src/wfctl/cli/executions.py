@@ -298,8 +298,6 @@ def executions(
     for column in ("execution", "workflow", "status", "progress", "started"):
         table.add_column(column, no_wrap=True)
     for element in envelope["elements"]:
-        if element.get("status") == "unreadable":
-            say(f"wfctl: {element['executionId']} cannot be read: {(element.get('error') or {}).get('message')}")
         progress = element.get("progress") or {}
         table.add_row(
             element["executionId"],
@@ -309,6 +307,9 @@ def executions(
             (element.get("startedAt") or "")[:19],
         )
     stdout_console().print(table)
+    for element in envelope["elements"]:
+        if element.get("status") == "unreadable":
+            say(f"{element['executionId']} cannot be read: {element.get('error')}")
 
 
 def logs(
