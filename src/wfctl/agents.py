@@ -12,10 +12,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from wfctl.values import NotJSON, bound
 
 # Output kept inline in the execution record; the full text stays in the log file.
 INLINE_OUTPUT_LIMIT = 256 * 1024
@@ -32,6 +35,7 @@ class Outcome:
     exit_code: int | None = None
     error: dict | None = None  # {"kind": failed|timeout|error|cancelled, "message": ...}
     worker: str | None = None
+    settled: bool = False  # the output was already checked and capped (values.bound)
 
 
 @dataclass
@@ -93,22 +97,14 @@ def failure(kind: str, message: str, exit_code: int | None = None) -> Outcome:
 
 
 def parse_result(text: str) -> Any:
-    """Output text becomes JSON when it is JSON, else the stripped text; empty is null."""
-    stripped = text.strip()
-    if not stripped:
-        return None
-    if stripped[0] in "{[\"-0123456789tfn":
-        try:
-            return json.loads(stripped, parse_constant=_no_constant)
-        except ValueError:
-            pass
-    return stripped
+    """Output text becomes JSON when it is JSON, else the stripped text; empty is null.
 
+    Untrusted text is decoded with bounds (values.decode): JSON nested deeper than
+    values.MAX_DEPTH, NaN, Infinity and numbers out of range stay text.
+    """
+    from wfctl.values import decode
 
-def _no_constant(name: str):
-    # NaN and Infinity are not JSON: output holding them stays text, so every record
-    # wfctl writes is JSON that jq and others can read.
-    raise ValueError(name)
+    return decode(text)
 
 
 def describe(agent: dict) -> str:
@@ -478,7 +474,12 @@ def _read_output_file(path: Path) -> str | None:
 
 
 # -- python agents --------------------------------------------------------------------------
+# An in-process agent's exit, prints and result are its step's business: SystemExit and
+# KeyboardInterrupt fail the attempt, what it writes to sys.stdout/sys.stderr goes to the
+# step's log (masked), and its result must be JSON data. wfctl's own streams (a --json
+# document, the live table, a detached runner's runner.log) never see any of it.
 _CALLABLES: dict[str, Callable] = {}
+ERROR_TEXT_LIMIT = 2000  # characters of an exception's text kept in the record (the log has it all)
 
 
 def resolve_python(target: str) -> Callable:
@@ -504,40 +505,312 @@ def resolve_python(target: str) -> Callable:
 
 
 def run_python(target: str, ctx: AttemptContext) -> Outcome:
-    try:
-        function = resolve_python(target)
-    except Exception as err:  # an agent's import can fail in any way; it is reported, not raised
-        who = f"'{ctx.agent_name}' ({target})" if ctx.agent_name and ctx.agent_name != target else f"'{target}'"
-        return failure("error", f"cannot load python agent {who}: {type(err).__name__}: {err}")
-    if ctx.timeout is None:
-        return _call_python(target, function, ctx)
-    # A thread cannot be killed: on a timeout the attempt fails and the call is abandoned.
-    import threading
+    """Call the agent in this process, its output routed to the step's log.
 
+    With a timeout the call runs in a thread of its own: a thread cannot be killed, so
+    on a timeout the attempt fails and the call is abandoned (what it writes after
+    that is dropped).
+    """
+    output = _AgentOutput(ctx, f"python {target}")
+    if ctx.timeout is None:
+        return _call_python(target, ctx, output)
     box: list[Outcome] = []
-    worker = threading.Thread(target=lambda: box.append(_call_python(target, function, ctx)), daemon=True)
+    worker = threading.Thread(target=lambda: box.append(_call_python(target, ctx, output)), daemon=True)
     worker.start()
     worker.join(ctx.timeout)
     if not box:
-        return failure("timeout", f"timed out after {_seconds(ctx.timeout)}.")
+        return output.end(failure("timeout", f"timed out after {_seconds(ctx.timeout)}."))
     return box[0]
 
 
-def _call_python(target: str, function: Callable, ctx: AttemptContext) -> Outcome:
-    context = ctx.context_document()
-    if ctx.secrets:
-        context["secrets"] = dict(ctx.secrets)
+def _call_python(target: str, ctx: AttemptContext, output: _AgentOutput) -> Outcome:
+    previous = route_output(output)
     try:
-        output = function(context)
-        if ctx.attempt > 1:
-            # A step that needed retries shows every attempt in its log; a first-time
-            # success of an in-process call writes no file (that would dominate its cost).
-            _log_attempt(ctx, f"python {target}", "completed")
-        return Outcome(ok=True, output=output)
-    except Exception as err:  # the agent's own failure is this attempt's failure
-        message = f"{type(err).__name__}: {err}"
-        _log_attempt(ctx, f"python {target}", message)
-        return failure("failed", message)
+        try:
+            function = resolve_python(target)  # an import prints and fails like a call
+        except BaseException as err:  # an agent's import can fail in any way; it is reported, not raised
+            if _interrupted_by_user(err, ctx):
+                raise
+            output.traceback(err)
+            return output.end(failure("error", f"cannot load python agent {_python_name(ctx, target)}: {exception_text(err)}"))
+        context = ctx.context_document()
+        if ctx.secrets:
+            context["secrets"] = dict(ctx.secrets)
+        try:
+            result = function(context)
+        except BaseException as err:  # the agent's own failure, sys.exit() included, is this attempt's
+            if _interrupted_by_user(err, ctx):
+                raise
+            output.traceback(err)
+            return output.end(failure("failed", exception_text(err)))
+    finally:
+        _ROUTE.output = previous
+    if result is not None:  # None is JSON data: the commonest result goes without a check
+        try:
+            bounded = bound(result, copy=True)  # the agent may change its objects later
+        except NotJSON as problem:
+            message = f"python agent {_python_name(ctx, target)} returned a value that is not JSON data: {problem}."
+            return output.end(failure("failed", message))
+        if bounded.spill is not None:
+            output.spill(bounded.spill)
+        result = bounded.value
+    # A step that needed retries shows every attempt in its log; a first-time success
+    # of an in-process call that printed nothing writes no file (that would dominate its cost).
+    return output.end(Outcome(ok=True, output=result, settled=True), quiet=ctx.attempt == 1)
+
+
+def _python_name(ctx: AttemptContext, target: str) -> str:
+    if ctx.agent_name and ctx.agent_name != target:
+        return f"'{ctx.agent_name}' ({target})"
+    return f"'{target}'"
+
+
+def _interrupted_by_user(err: BaseException, ctx: AttemptContext) -> bool:
+    """A second Ctrl-C (the first one cancels the run) raises KeyboardInterrupt wherever
+    the main thread is, an agent's call included: that one is the user's, not the agent's."""
+    return isinstance(err, KeyboardInterrupt) and ctx.cancelled()
+
+
+def exception_text(err: BaseException) -> str:
+    """One line for the record: what the agent raised (or that it called sys.exit)."""
+    if isinstance(err, SystemExit):
+        code = err.code
+        return f"SystemExit: the agent called sys.exit({'' if code is None else _safe_repr(code)})"
+    if isinstance(err, KeyboardInterrupt):
+        return "KeyboardInterrupt: raised by the agent"
+    try:
+        text = str(err)
+    except Exception:  # an exception whose __str__ fails is still named
+        text = "<its message cannot be shown>"
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    if len(text) > ERROR_TEXT_LIMIT:
+        text = text[:ERROR_TEXT_LIMIT] + "… (the whole message is in wfctl logs)"
+    return f"{type(err).__name__}: {text}"
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)[:200]
+    except Exception:
+        return f"<{type(value).__name__}>"
+
+
+class _AgentOutput:
+    """One attempt's section of the step's log, for an in-process agent: what the agent
+    prints (masked, secrets split across writes included), then the attempt's last line.
+    The log file is opened at the first write: a quiet success writes nothing."""
+
+    __slots__ = ("_at_line_start", "_closed", "_lock", "_log", "_mask", "_text", "ctx", "what")
+
+    def __init__(self, ctx: AttemptContext, what: str) -> None:
+        # Made for every in-process call: only what a quiet call needs is set up here.
+        self.ctx = ctx
+        self.what = what
+        self._text: _TextSink | None = None
+        self._log: Any = None  # the log file, with _mask and _at_line_start once opened
+        self._closed = False
+        # Two threads share this only when a timeout runs the call in a thread of its own.
+        self._lock = threading.Lock() if ctx.timeout is not None else _UNSHARED
+
+    @property
+    def text(self) -> _TextSink:
+        """The agent's sys.stdout and sys.stderr (made at the first write: most agents print nothing)."""
+        if self._text is None:
+            self._text = _TextSink(self)
+        return self._text
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            if self._closed:
+                return  # an abandoned call (timed out) writing on: its attempt is over
+            self._open()
+            if self._mask is not None:
+                data = self._mask.feed(data)
+            self._put(data)
+
+    def traceback(self, err: BaseException) -> None:
+        """The agent's traceback, for the log (the record keeps one line)."""
+        import traceback
+
+        try:
+            below_us = err.__traceback__.tb_next if err.__traceback__ is not None else None  # from the agent's frame on
+            text = "".join(traceback.format_exception(type(err), err, below_us, limit=-30))
+        except Exception:  # formatting someone else's exception must not fail the run
+            return
+        self.write(text.encode("utf-8", "replace"))
+
+    def spill(self, text: str) -> None:
+        """The whole of a result the record keeps only the beginning of."""
+        self.write(b"--- result (JSON) ---\n" + text.encode("utf-8", "replace") + b"\n")
+
+    def end(self, outcome: Outcome, *, quiet: bool = False) -> Outcome:
+        """Close the section with the outcome's line. `quiet`: no section at all when
+        the agent wrote nothing. A log that cannot be written fails the attempt."""
+        if quiet and self._log is None:  # nothing written, nothing to write: the common case
+            self._closed = True
+            return outcome
+        last = "completed" if outcome.ok else str((outcome.error or {}).get("message"))
+        problem = None
+        with self._lock:
+            if self._closed:
+                return outcome
+            self._closed = True
+            try:
+                self._open()
+                if self._mask is not None:
+                    self._put(self._mask.flush())
+                line = last if self._at_line_start else "\n" + last
+                self._put(self._masked(line + "\n"))
+            except OSError as err:
+                problem = f"cannot write the step's log {self.ctx.log_path}: {err.strerror or err}."
+            finally:
+                if self._log is not None:
+                    self._log.close()
+        if problem is not None:
+            return failure("error", problem)
+        return outcome
+
+    def _open(self) -> None:
+        if self._log is None:
+            self._mask = self.ctx.masker.stream() if self.ctx.masker else None
+            self._at_line_start = True
+            self._log = _open_log(self.ctx.log_path)
+            self._put(self._masked(f"=== attempt {self.ctx.attempt} · {self.what}\n"))
+
+    def _put(self, data: bytes) -> None:
+        if data:
+            self._log.write(data)
+            self._at_line_start = data.endswith(b"\n")
+
+    def _masked(self, text: str) -> bytes:
+        if self.ctx.masker:
+            text = self.ctx.masker.text(text)
+        return text.encode("utf-8", "replace")
+
+
+class _Unshared:
+    """The lock of an _AgentOutput that one thread alone uses: nothing to wait for."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_UNSHARED = _Unshared()
+
+
+class _TextSink:
+    """sys.stdout / sys.stderr as an in-process agent sees them: text to its log."""
+
+    encoding = "utf-8"
+    errors = "replace"
+
+    def __init__(self, output: _AgentOutput) -> None:
+        self._output = output
+        self.buffer = _BinarySink(output)
+
+    def write(self, text: str) -> int:
+        self._output.write(str(text).encode("utf-8", "replace"))
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        import io
+
+        raise io.UnsupportedOperation("an in-process agent's output goes to its step's log, not to a file descriptor")
+
+
+class _BinarySink:
+    """sys.stdout.buffer as an in-process agent sees it: bytes to its log."""
+
+    def __init__(self, output: _AgentOutput) -> None:
+        self._output = output
+
+    def write(self, data: bytes) -> int:
+        self._output.write(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+
+class _RoutedStream:
+    """Stands in for sys.stdout / sys.stderr while in-process agents run.
+
+    A write made by a thread that is running an agent goes to that agent's log; any
+    other thread's write goes on to the stream that was there before. Routing by thread
+    is needed because contextlib.redirect_stdout swaps the stream for the whole process,
+    and parallel steps run python agents in threads at the same time as wfctl writes.
+    """
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def _target(self) -> Any:
+        output = getattr(_ROUTE, "output", None)
+        return output.text if output is not None else self._real
+
+    def write(self, text: str) -> int:
+        target = self._target()
+        return target.write(text) if target is not None else len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        target = self._target()
+        if target is not None:
+            target.flush()
+
+    @property
+    def buffer(self) -> Any:
+        return self._target().buffer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target(), name)
+
+
+_ROUTE = threading.local()  # .output: the _AgentOutput this thread's prints go to
+_ROUTING_LOCK = threading.Lock()
+
+
+def route_output(output: _AgentOutput | None) -> _AgentOutput | None:
+    """From now on this thread's writes to sys.stdout/sys.stderr go to `output` (None:
+    to the real streams again). Returns what was routed before, to put back.
+
+    The routing streams stay in place once installed (putting the real ones back after
+    every call would cost more than most in-process steps); they pass every other
+    thread's writes through untouched.
+    """
+    if type(sys.stdout) is not _RoutedStream or type(sys.stderr) is not _RoutedStream:
+        with _ROUTING_LOCK:
+            for name in ("stdout", "stderr"):
+                if type(getattr(sys, name)) is not _RoutedStream:  # also when someone replaced ours
+                    setattr(sys, name, _RoutedStream(getattr(sys, name)))
+    previous = getattr(_ROUTE, "output", None)
+    _ROUTE.output = output
+    return previous
 
 
 def _log_attempt(ctx: AttemptContext, what: str, text: str) -> None:

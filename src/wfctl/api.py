@@ -31,7 +31,15 @@ from wfctl.errors import (
     WorkflowInvalid,
     WorkflowNotFound,
 )
-from wfctl.record import TERMINAL_STATUSES, ExecutionState, new_document, read_journal, walk
+from wfctl.record import (
+    TERMINAL_STATUSES,
+    ExecutionState,
+    apply_events,
+    new_document,
+    read_journal,
+    state_from_snapshot,
+    walk,
+)
 from wfctl.registry import Registry, paginate, present
 from wfctl.store import Store, check_execution_id, check_step_key, new_id, read_bytes_nofollow
 
@@ -237,6 +245,7 @@ def prepare(
         if problems:
             raise WorkflowInvalid(problems)
     run_input = check_execution_input(definition, dict(input or {}), file=name)
+    infrastructure_retries(config)  # a wrong value: exit 2, nothing written
     address = executor or config.data.get("executor") or "local"
     probe = open_executor(address)  # an executor that cannot be reached: exit 2, nothing written
     if probe is not None:
@@ -388,11 +397,23 @@ def _run_options(config: Config, options: dict, document: dict, **listeners: Any
         dry_run=bool(options.get("dryRun")),
         notify=dict(options.get("notify") or {}),
         max_concurrency=int(config.default("max_concurrency") or 4),
+        infrastructure_retries=infrastructure_retries(config),
         agents=dict(config.agents),
         teams=dict(config.teams),
         config=config.data,
         **listeners,
     )
+
+
+def infrastructure_retries(config: Config) -> int:
+    """`defaults.infrastructure_retries`: how often an attempt a Dask worker's death cost
+    is run again (0 or more)."""
+    value = config.default("infrastructure_retries")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(
+            f"defaults.infrastructure_retries in {config.path} must be a whole number, 0 or more, not {value!r}."
+        )
+    return value
 
 
 RETRYABLE_EXECUTIONS = ("failed", "cancelled", "timed_out", "interrupted")
@@ -507,19 +528,27 @@ def load_execution_state(execution_id: str) -> tuple[ExecutionState, int]:
     store = _store()
     check_execution_id(execution_id)
     snapshot = store.load_snapshot(execution_id)
-    state = ExecutionState(snapshot)
+    state = state_from_snapshot(snapshot, source=str(store.execution_dir(execution_id) / "execution.json"))
     journal = store.journal_path(execution_id)
-    offset = int(snapshot.get("journalOffset") or 0)
+    offset = _journal_offset(snapshot, journal)
     try:
         tail = read_bytes_nofollow(journal, offset=offset)
     except FileNotFoundError:
         tail = b""
-    events, intact = read_journal(tail, source=str(journal), first_line=_line_at(journal, offset))
-    for event in events:
-        state.apply(event)
+    first_line = _line_at(journal, offset)
+    events, intact = read_journal(tail, source=str(journal), first_line=first_line)
+    apply_events(state, events, source=str(journal), first_line=first_line)
     if state.document.get("status") in ("pending", "running", "paused") and not runner_alive(store, execution_id):
         state.mark_interrupted()
     return state, offset + intact
+
+
+def _journal_offset(snapshot: dict, journal: Path) -> int:
+    """Where the journal goes on after the snapshot (a whole number), or StoreError."""
+    offset = snapshot.get("journalOffset") or 0
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise StoreError(f"the snapshot next to {journal} has no usable journalOffset ({offset!r}).")
+    return offset
 
 
 def _line_at(path: Path, offset: int) -> int:
@@ -878,6 +907,7 @@ def watch(
     if on_start is not None:
         on_start(state.document)
     journal = store.journal_path(execution_id)
+    line = _line_at(journal, offset)  # of the next whole line, for messages
     buffer = b""
     while state.document.get("status") not in FINISHED | {"interrupted"}:
         alive = runner_alive(store, execution_id)
@@ -889,11 +919,12 @@ def watch(
         buffer += chunk
         complete, _, buffer = buffer.rpartition(b"\n")
         if complete:
-            events, _ = read_journal(complete + b"\n", source=str(journal))
-            for event in events:
-                state.apply(event)
+            events, _ = read_journal(complete + b"\n", source=str(journal), first_line=line)
+            for number, event in enumerate(events, start=line):
+                apply_events(state, [event], source=str(journal), first_line=number)
                 if on_event is not None:
                     on_event(event, state)
+            line += len(events)
         if not chunk and not alive:
             if state.document.get("status") not in FINISHED:
                 state.mark_interrupted()

@@ -5,6 +5,7 @@ otherwise it is `config.toml` in the platformdirs config directory.
 
     [defaults]
     max_concurrency = 4          # parallel children at once when a step says nothing
+    infrastructure_retries = 3   # re-runs of an attempt lost with a Dask worker
 
     [agents.mira]
     run = "python agents/research.py"
@@ -25,6 +26,9 @@ from wfctl.errors import NotFound, UsageError
 
 DEFAULTS: dict[str, Any] = {
     "max_concurrency": 4,
+    # Attempts a Dask worker's death cost a step are run again this many times, apart
+    # from the step's own retry policy.
+    "infrastructure_retries": 3,
 }
 
 AGENT_KINDS = ("run", "python", "http")

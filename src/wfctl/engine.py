@@ -23,6 +23,7 @@ from wfctl import faults
 from wfctl.agents import AttemptContext, Outcome, failure, plain_text, run_agent
 from wfctl.errors import ExpressionError
 from wfctl.record import branch_steps, now_iso, step_type
+from wfctl.results import settle
 from wfctl.retry import Policy, backoff_delay, policy_for, retry_fields_inside
 
 Emit = Callable[[dict], None]
@@ -65,6 +66,9 @@ class Settings:
     executor: Callable[[dict, AttemptContext], Outcome] | None = None
     secrets: Mapping[str, str] | None = None  # NAME → value: env vars of steps, `secrets.NAME`
     masker: Any = None  # masks those values in logs
+    # Attempts lost to the infrastructure (a Dask worker that died) are run again this
+    # many times, apart from the step's own retry policy (defaults.infrastructure_retries).
+    infrastructure_retries: int = 3
 
 
 @dataclass
@@ -391,7 +395,7 @@ class Engine:
                 outcome = failure("error", f"escalation agent '{policy.escalate_to}' is not defined.")
             else:
                 ctx = self._context(step, f"{key}@escalation", frame, task, context_inputs, 1, ChainMap({"task": task}, scope))
-                outcome = (self.settings.executor or run_agent)(resolved[1], ctx)
+                outcome = settle((self.settings.executor or run_agent)(resolved[1], ctx), ctx, resolved[1])
             event["ok"] = outcome.ok
             if outcome.ok:
                 event["output"] = outcome.output
@@ -461,6 +465,7 @@ class Engine:
         deferred: dict | None = None
         retry_stopped: str | None = None  # why a failed attempt was not retried, when the policy allowed more
         awaited = ""  # the retry being waited for, in words
+        lost = 0  # attempts lost to the infrastructure and run again
         while True:
             if self.cancelled:
                 if outcome is None:
@@ -493,27 +498,22 @@ class Engine:
             if deferred is not None:
                 self.emit(deferred)  # a failed attempt is recorded in full
                 deferred = None
+            if self._retries_infrastructure(outcome, lost):
+                # The cluster lost the attempt, the step did not fail: run it again at
+                # once (the scheduler places it on a live worker), not counting it
+                # against the step's own retry policy.
+                lost += 1
+                self._emit_attempt_failed(key, attempt, outcome, attempt_started, 0.0)
+                continue
             kind = outcome.error["kind"] if outcome.error else "failed"
-            tries = attempt - first_attempt + 1
+            tries = attempt - first_attempt + 1 - lost  # the attempts the policy counts
             if self.cancelled or kind == "cancelled" or tries >= policy.attempts:
                 break
             wait = backoff_delay(policy, tries)
             retry_stopped = _why_no_retry(policy, kind, outcome.exit_code, tries, time.monotonic() - started, wait)
             if retry_stopped is not None:
                 break
-            self.emit(
-                {
-                    "type": "attempt.failed",
-                    "at": now_iso(),
-                    "step": key,
-                    "attempt": attempt,
-                    "exitCode": outcome.exit_code,
-                    "error": outcome.error,
-                    "attemptDuration": round(time.monotonic() - attempt_started, 6),
-                    "retryIn": round(wait, 3),
-                    **({"worker": outcome.worker} if outcome.worker else {}),
-                }
-            )
+            self._emit_attempt_failed(key, attempt, outcome, attempt_started, wait)
             awaited = f"the wait before retry {tries} (attempt {attempt + 1}) of step '{key}'"
             self._wait(key, awaited, wait)
         ok = outcome.ok
@@ -559,6 +559,29 @@ class Engine:
         error["attempts"] = attempt
         return False, None, error
 
+    def _retries_infrastructure(self, outcome: Outcome, lost: int) -> bool:
+        """Is this failed attempt one the infrastructure lost (a Dask worker died under
+        it), to be run again? At most settings.infrastructure_retries times per step."""
+        if self.cancelled or not outcome.error or not outcome.error.get("infrastructure"):
+            return False
+        return lost < self.settings.infrastructure_retries
+
+    def _emit_attempt_failed(self, key: str, attempt: int, outcome: Outcome, attempt_started: float, wait: float) -> None:
+        """A failed attempt that another one follows, `wait` seconds later."""
+        self.emit(
+            {
+                "type": "attempt.failed",
+                "at": now_iso(),
+                "step": key,
+                "attempt": attempt,
+                "exitCode": outcome.exit_code,
+                "error": outcome.error,
+                "attemptDuration": round(time.monotonic() - attempt_started, 6),
+                "retryIn": round(wait, 3),
+                **({"worker": outcome.worker} if outcome.worker else {}),
+            }
+        )
+
     def _mark_failure(self, event: dict, policy: Policy) -> None:
         """Failure events say what happens next, for the record and for notifications."""
         if policy.strategy == "continue":
@@ -591,11 +614,13 @@ class Engine:
         ctx.env.update(env)
         ctx.agent_name = step.get("agent")
         if "run" not in agent:
-            return (self.settings.executor or run_agent)(agent, ctx)
+            return settle((self.settings.executor or run_agent)(agent, ctx), ctx, agent)
         # Each running command holds a few file descriptors: however high maxConcurrency
         # is, no more start at once than the descriptor limit allows.
         with self._spawn_slots:
-            return (self.settings.executor or run_agent)(agent, ctx)
+            outcome = (self.settings.executor or run_agent)(agent, ctx)
+        # The result becomes the state and the record's: checked and capped here, for every kind.
+        return settle(outcome, ctx, agent)
 
     def _context(
         self, step: dict, key: str, frame: Frame, task: str | None, inputs: dict, attempt: int, scope: Mapping

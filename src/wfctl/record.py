@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator
 
 from wfctl.errors import StoreError
 
+JOURNAL_MAX_DEPTH = 512  # levels a journal line may nest (wfctl writes at most ~200)
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "timed_out"})
 STEP_DONE = frozenset({"completed", "skipped"})
 
@@ -395,13 +396,50 @@ def read_journal(data: bytes, *, source: str = "events.jsonl", first_line: int =
         line_number += 1
         if end == -1:
             break  # torn tail: no newline yet
-        line = data[position:end]
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            raise StoreError(f"{source} is corrupt at line {line_number}.") from None
+        events.append(_journal_event(data[position:end], source, line_number))
         position = end + 1
     return events, position
+
+
+def _journal_event(line: bytes, source: str, line_number: int) -> dict:
+    """One journal line as an event, or StoreError naming the file and the line."""
+    from wfctl.values import nests_deeper_than
+
+    # wfctl never writes lines this deep (results are bounded to values.MAX_DEPTH); a
+    # deeper one would make every reader recurse that deep (Python's stack is finite).
+    if nests_deeper_than(line, JOURNAL_MAX_DEPTH):
+        raise StoreError(f"{source} is corrupt at line {line_number}: it nests deeper than {JOURNAL_MAX_DEPTH} levels.")
+    try:
+        event = json.loads(line)
+    except RecursionError:
+        raise StoreError(f"{source} is corrupt at line {line_number}: it nests too deeply to be read.") from None
+    except ValueError:
+        raise StoreError(f"{source} is corrupt at line {line_number}.") from None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise StoreError(f"{source} is corrupt at line {line_number}: it is not an event.")
+    return event
+
+
+def apply_events(state: ExecutionState, events: Iterable[dict], *, source: str, first_line: int = 1) -> None:
+    """Apply journal events in order; an event the reducer cannot apply (a field
+    missing or of the wrong type) is reported with its file and line, never as a crash."""
+    for number, event in enumerate(events, start=first_line):
+        try:
+            state.apply(event)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as err:
+            raise StoreError(
+                f"{source} has an event wfctl cannot read at line {number} ({type(err).__name__}: {err})."
+            ) from None
+
+
+def state_from_snapshot(document: Any, *, source: str) -> ExecutionState:
+    """The state of an execution from its snapshot, or StoreError naming the file."""
+    try:
+        if not isinstance(document, dict) or not isinstance(document.get("steps"), list):
+            raise TypeError("it is not an execution document")
+        return ExecutionState(document)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as err:
+        raise StoreError(f"{source} is not an execution record wfctl can read ({err}).") from None
 
 
 def build_trace(document: dict, workflow: dict, stages_input: dict | None = None) -> dict:

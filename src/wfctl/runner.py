@@ -60,7 +60,7 @@ class Recorder:
         self._last_sync = time.monotonic()
 
     def __call__(self, event: dict) -> None:
-        text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str)
+        text, event = encode_event(event)
         if self.masker:
             masked = self.masker.text(text)
             if masked != text:  # what is kept and shown is what the journal says
@@ -136,6 +136,26 @@ class Recorder:
                 self._break(err, None)
             finally:
                 self._journal.close()
+
+
+def encode_event(event: dict) -> tuple[str, dict]:
+    """An event's journal line (without its newline), and the event as that line says it.
+
+    Results were checked before they became events (results.settle). Anything else
+    that is not JSON data (NaN, a cycle, a lone surrogate, an object whose str() fails)
+    is written as text saying what it was: one line every reader can read, always,
+    never a runner that dies in the middle of a record.
+    """
+    try:
+        text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
+        if not text.isascii():
+            text.encode("utf-8")  # a lone surrogate cannot be written as UTF-8
+        return text, event
+    except Exception:  # anything json.dumps or a str() of someone else's object can raise
+        from wfctl.values import writable
+
+        event = writable(event)
+        return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False), event
 
 
 @contextmanager
@@ -270,6 +290,7 @@ class RunOptions:
     extra_env: dict = field(default_factory=dict)
     nice: int = 0
     executor: str = "local"  # "local", or "dask://HOST:PORT"
+    infrastructure_retries: int = 3  # re-runs of an attempt the infrastructure lost
     base_dir: Path | None = None  # where relative secret files are found (the workflow file's directory)
 
 
@@ -370,6 +391,7 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
         executor=executor,
         secrets=secrets,
         masker=masker,
+        infrastructure_retries=options.infrastructure_retries,
     )
     engine = Engine(definition, settings, recorder, prior=prior)
     # A record that cannot be written stops the run: no step starts that could not be kept.

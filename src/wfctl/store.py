@@ -185,6 +185,8 @@ def read_json(path: Path) -> Any:
         return json.loads(data)
     except ValueError as err:
         raise StoreError(f"{path} is not valid JSON ({err}).") from err
+    except RecursionError:
+        raise StoreError(f"{path} cannot be read: it nests too deeply.") from None
 
 
 def open_append(path: Path):
@@ -397,8 +399,8 @@ class Store:
         if cut > 0:
             try:
                 return json.loads(head[:cut] + b"}")
-            except ValueError:
-                pass
+            except (ValueError, RecursionError):
+                pass  # not the head wfctl writes: the whole file says what it is
         trace = self.load_trace(workflow_id, trace_id)
         trace.pop("response", None)
         return trace

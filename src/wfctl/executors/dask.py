@@ -28,8 +28,14 @@ the scheduler drops with the task, so nothing is left behind):
   cancelled and terminates the step's process group (no orphan keeps running).
 - a worker that dies mid-step: the scheduler would run the task again elsewhere; the
   worker records itself in `[key, "worker"]` first, so that second run sees it and
-  reports an infrastructure failure (kind `failed`, retried by the step's policy, as a
-  new attempt that can land on any worker) instead of running the step twice unseen.
+  reports an infrastructure failure (kind `failed`, `infrastructure: true`) instead of
+  running the step twice unseen. The engine runs such an attempt again as a new one (on
+  a live worker), `defaults.infrastructure_retries` times, apart from the step's own
+  retry policy, which only sees the failure once that bound is spent.
+
+A python agent runs in a child process on the worker, which checks its result with
+wfctl's own values.py (shipped ahead of the child's script): the same rules and the
+same messages as in-process, and only the bounded JSON text of the result travels back.
 
 The code that runs on workers (the "worker side" below) uses only the standard
 library and `distributed`, and this module is pickled by value: workers need
@@ -196,6 +202,7 @@ class DaskExecutor:
             "kind": kind,
             "argv": argv,
             "python": agent.get("python"),
+            "script": child_script() if kind == "python" else None,
             "label": label,
             "env": own,
             "stdin": context,
@@ -300,7 +307,7 @@ def _outcome(report: dict, payload: dict, ctx: Any) -> Any:
     masker = getattr(ctx, "masker", None)
     text = _inline(masker.data(stdout) if masker else stdout, report.get("stdout_size", len(stdout)))
     log_text = log.decode("utf-8", "replace")
-    result = report.get("python")
+    result = _python_report(report.get("python_json"))
     if payload["kind"] == "python":
         outcome = _python_outcome(payload, ctx, code, ended_by, result, log_text)
         if not outcome.ok or log or ctx.attempt > 1:
@@ -342,6 +349,27 @@ def _python_outcome(payload: dict, ctx: Any, code: Any, ended_by: str, result: A
     last = _last_meaningful(log_text)
     message = f"exited with code {code}" if code is not None and code >= 0 else f"killed by signal {-(code or 0)}"
     return failure("failed", f"python {payload['python']} {message}" + (f": {last}" if last else "."))
+
+
+def _python_report(data: bytes | None) -> dict | None:
+    """The child's report ({stage, output | message}), decoded with the bounds of any
+    untrusted text; None when it wrote none, or nothing wfctl can read."""
+    from wfctl.values import MAX_DEPTH, nests_deeper_than
+
+    if not data or len(data) > REPORT_LIMIT:
+        return None
+    text = data.decode("utf-8", "replace")
+    if nests_deeper_than(text, MAX_DEPTH + 1):  # the report wraps the result: one level more
+        return None
+    try:
+        document = json.loads(text, parse_constant=_refuse)
+    except (ValueError, RecursionError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _refuse(name: str) -> Any:
+    raise ValueError(name)
 
 
 def _inline(stdout: bytes, total: int) -> str:
@@ -402,12 +430,22 @@ for folder in (base, os.getcwd()):
     if folder and os.path.isdir(folder) and folder not in sys.path:
         sys.path.insert(0, folder)
 def report(document):
-    try:
-        text = json.dumps(document, ensure_ascii=False, default=str)
-    except (TypeError, ValueError) as err:
-        text = json.dumps({"stage": "call", "message": "the result is not JSON: %s" % err})
     with open(result_path, "w", encoding="utf-8") as handle:
-        handle.write(text)
+        handle.write(json.dumps(document, ensure_ascii=False, allow_nan=False))
+def failure_text(err):
+    # As the local python agent says it (agents.exception_text).
+    if isinstance(err, SystemExit):
+        return "SystemExit: the agent called sys.exit(%s)" % ("" if err.code is None else repr(err.code)[:200])
+    if isinstance(err, KeyboardInterrupt):
+        return "KeyboardInterrupt: raised by the agent"
+    try:
+        text = str(err)
+    except Exception:
+        text = "<its message cannot be shown>"
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    if len(text) > 2000:
+        text = text[:2000] + "... (the whole message is in wfctl logs)"
+    return "%s: %s" % (type(err).__name__, text)
 try:
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
@@ -417,18 +455,41 @@ try:
         function = getattr(function, part)
     if not callable(function):
         raise ValueError("python agent '%s' is not callable" % target)
-except Exception as err:
-    report({"stage": "load", "message": "cannot load python agent '%s': %s: %s" % (target, type(err).__name__, err)})
+except BaseException as err:
+    report({"stage": "load", "message": "cannot load python agent '%s': %s" % (target, failure_text(err))})
     sys.exit(3)
 context = json.loads(sys.stdin.buffer.read() or b"null")
 try:
     value = function(context)
-except Exception as err:
+except BaseException as err:  # sys.exit() included: the attempt fails, as locally
     traceback.print_exc()
-    report({"stage": "call", "message": "%s: %s" % (type(err).__name__, err)})
+    report({"stage": "call", "message": failure_text(err)})
     sys.exit(1)
-report({"stage": "done", "output": value})
+try:
+    bounded = bound(value)  # values.py, shipped ahead of this script
+except NotJSON as problem:
+    report({"stage": "result", "message": "python agent '%s' returned a value that is not JSON data: %s." % (target, problem)})
+    sys.exit(1)
+if bounded.spill is not None:
+    sys.stdout.write("--- result (JSON) ---\n" + bounded.spill + "\n")
+report({"stage": "done", "output": bounded.value})
 """
+
+
+def child_script() -> str:
+    """What the process that calls a python agent on a worker runs: wfctl's own check of
+    results (values.py, standard library only) followed by PYTHON_CHILD."""
+    global _CHILD_SCRIPT
+    if _CHILD_SCRIPT is None:
+        from pathlib import Path
+
+        from wfctl import values
+
+        _CHILD_SCRIPT = Path(values.__file__).read_text(encoding="utf-8") + "\n" + PYTHON_CHILD
+    return _CHILD_SCRIPT
+
+
+_CHILD_SCRIPT: str | None = None
 
 
 def remote_attempt(payload: dict) -> dict:
@@ -479,7 +540,7 @@ def _run_here(payload: dict, report: dict, worker: Any, key: Any, client: Any, f
     env["WFCTL_OUTPUT"] = output_path
     python = payload["kind"] == "python"
     if python:
-        argv = [sys.executable, "-c", PYTHON_CHILD, payload["python"], result_path, payload["base"]]
+        argv = [sys.executable, "-c", payload["script"], payload["python"], result_path, payload["base"]]
     else:
         argv = list(payload["argv"])
     if payload.get("nice"):
@@ -532,11 +593,12 @@ def _run_here(payload: dict, report: dict, worker: Any, key: Any, client: Any, f
     except OSError:
         report["output_file"] = None
     if python:
+        # The text as the child wrote it: decoded (with bounds) on the client, not here.
         try:
-            with open(result_path, encoding="utf-8") as handle:
-                report["python"] = json.load(handle)
-        except (OSError, ValueError):
-            report["python"] = None
+            with open(result_path, "rb") as handle:
+                report["python_json"] = handle.read(REPORT_LIMIT + 1)
+        except OSError:
+            report["python_json"] = None
     return report
 
 
