@@ -110,6 +110,8 @@ def execution_table(document: dict, elapsed: float | None = None):
     footer.append(f"{completed}/{total} steps")
     if elapsed is not None:
         footer.append(f" · {format_duration(elapsed)}")
+    if document.get("scheduledAt"):
+        footer.append(f" · scheduled for {document['scheduledAt']}", style="dim")
     if document.get("estimatedCompletion") and status == "running":
         footer.append(f" · eta {document['estimatedCompletion']}", style="dim")
     bar = ProgressBar(total=max(total, 1), completed=completed, width=40)

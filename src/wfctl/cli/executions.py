@@ -272,6 +272,8 @@ def execution(
     if document.get("completedAt"):
         times += f" · ended {document['completedAt']}"
     console.print(f"status {document['status']} · {times}", markup=False)
+    if document.get("trigger") == "schedule":
+        console.print(f"started by the scheduler for {document.get('scheduledAt')}", markup=False)
     if document.get("error"):
         console.print(f"error at {document['error'].get('step')}: {document['error'].get('message')}", markup=False)
     if document.get("cancelReason"):
@@ -295,7 +297,7 @@ def executions(
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for column in ("execution", "workflow", "status", "progress", "started"):
+    for column in ("execution", "workflow", "status", "progress", "started", "trigger"):
         table.add_column(column, no_wrap=True)
     for element in envelope["elements"]:
         progress = element.get("progress") or {}
@@ -305,6 +307,7 @@ def executions(
             element.get("status") or "",
             f"{progress.get('completed', 0)}/{progress.get('total', 0)}",
             (element.get("startedAt") or "")[:19],
+            element.get("trigger") or "manual",
         )
     stdout_console().print(table)
 

@@ -26,10 +26,10 @@ def traces(
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for column in ("trace", "status", "run date"):
+    for column in ("trace", "status", "run date", "trigger"):
         table.add_column(column, no_wrap=True)
     for element in envelope["elements"]:
-        table.add_row(element["id"], element["status"], element["run_date"][:19])
+        table.add_row(element["id"], element["status"], element["run_date"][:19], element.get("trigger") or "manual")
     stdout_console().print(table)
     pages = envelope["pages"]
     say(f"{envelope['count']} trace{'s' if envelope['count'] != 1 else ''} · page {pages['current']} of {pages['max']}")
@@ -52,6 +52,8 @@ def trace(
 
     console = stdout_console()
     console.print(f"trace {document['id']} · {document['status']} · {document['run_date']}", markup=False)
+    if document.get("trigger") == "schedule":
+        console.print(f"started by the scheduler for {document.get('scheduled_at')}", markup=False)
     table = Table(box=None, pad_edge=False)
     for column in ("stage", "status", "duration", "attempts"):
         table.add_column(column, no_wrap=True)
