@@ -10,6 +10,9 @@ separated by commas) makes the runner fail there:
     enospc-snapshot the snapshot write fails with "No space left on device"
     eio-fsync       fsync of the journal fails with an I/O error
     eio-rename      the snapshot rename fails with an I/O error
+    enospc-scheduler the scheduler's state file write fails with "No space left on device"
+    scheduler-after-intent   the scheduler exits hard right after writing down a run, before making it
+    scheduler-after-prepare  the scheduler exits hard after making a run's execution, before starting it
 
 Unset (always, outside tests) this costs one dict lookup per point.
 """
