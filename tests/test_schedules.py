@@ -229,3 +229,17 @@ def test_looking_back_from_inside_the_repeated_hour_finds_no_future_time():
     until = at("2026-10-25T00:59:59.500Z")
     times, _count = schedule.due(at("2026-10-24T23:00:00Z"), until, 10)
     assert [iso(t) for t in times] == ["2026-10-24T23:30:00Z", "2026-10-25T00:00:00Z", "2026-10-25T00:30:00Z"]
+
+
+def test_an_empty_schedule_list_is_refused_in_words_about_schedules():
+    from wfctl.validate import validate_mapping
+
+    problems = validate_mapping({"name": "x", "schedule": [], "steps": [{"id": "a", "run": "true"}]})
+    assert [(p.path, p.message) for p in problems] == [
+        ("schedule", "schedule must be a non-empty list of schedule entries, not an empty list")]
+
+
+def test_a_long_jitter_on_a_short_interval_stays_cheap():
+    schedule = one({"every": "1s", "jitter": 86400})
+    decision = plan(schedule, at("2030-01-01T00:00:00Z"), at("2030-01-02T00:00:00Z"))
+    assert decision.anchor is not None and len(decision.runs) == 1

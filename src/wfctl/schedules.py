@@ -431,7 +431,9 @@ def plan(schedule: Schedule, anchor: datetime | None, now: datetime) -> Plan:
     less than GRACE_SECONDS late. A clock that jumped backwards makes nothing due until
     it passes `anchor` again, so no run time is ever started twice.
     """
-    limit = max(schedule.max_catchup, 1) + (int(schedule.jitter // (schedule.every or 60)) + 2 if schedule.jitter else 0)
+    # Enough times to find the newest ready one: those within the jitter may not be yet.
+    not_yet_bound = min(int(schedule.jitter // (schedule.every or 60)) + 2, 1000) if schedule.jitter else 0
+    limit = max(schedule.max_catchup, 1) + not_yet_bound
     candidates, count = schedule.due(anchor, now, limit)
     ready_index = None
     for position in range(len(candidates) - 1, -1, -1):
