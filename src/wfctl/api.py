@@ -210,11 +210,17 @@ def prepare(
     dry_run: bool = False,
     notify: Mapping[str, str] | None = None,
     executor: str | None = None,
+    trigger: str = "manual",
+    scheduled_at: str | None = None,
+    execution_id: str | None = None,
 ) -> str:
     """Check everything and write a new execution, `pending`; returns its id.
 
     Nothing is written when the workflow, its agents, the input or the executor
     (`local`, or `dask://HOST:PORT`; default: `executor` in config.toml) are wrong.
+    `trigger` and `scheduled_at` record who started it (the scheduler passes
+    "schedule" and the run time); the scheduler also chooses the id beforehand, so
+    that it can tell after a crash whether the execution was made.
     """
     from wfctl.runner import open_executor
     from wfctl.store import write_json_atomic
@@ -258,7 +264,7 @@ def prepare(
     if record is None:
         record, _ = registry.register(definition, source=source, update=True)
 
-    execution_id = new_id("exec")
+    execution_id = check_execution_id(execution_id) if execution_id else new_id("exec")
     exec_dir = store.create_execution_dir(execution_id)
     options = {
         "dryRun": dry_run,
@@ -282,6 +288,8 @@ def prepare(
         workflow_id=record["workflowId"],
         input=run_input,
         priority=priority,
+        trigger=trigger,
+        scheduled_at=scheduled_at,
     )
     if dry_run:
         document["dryRun"] = True
@@ -631,7 +639,11 @@ def summary(document: dict) -> dict:
         "priority": document.get("priority"),
         "startedAt": document.get("startedAt"),
         "completedAt": document.get("completedAt"),
+        # Executions from before schedules existed have no trigger: they were manual.
+        "trigger": document.get("trigger") or "manual",
     }
+    if document.get("scheduledAt"):
+        element["scheduledAt"] = document["scheduledAt"]
     if document.get("dryRun"):
         element["dryRun"] = True
     return element
@@ -1049,6 +1061,8 @@ def traces(workflow: str, *, page: int = 1, size: int | None = None) -> dict:
         element = {key: trace.get(key) for key in ("id", "workflow_id", "uuid", "run_date", "status")}
         if trace.get("dryRun"):
             element["dryRun"] = True
+        if trace.get("trigger") == "schedule":  # manual runs keep the seed's exact shape
+            element.update(trigger="schedule", scheduled_at=trace.get("scheduled_at"))
         elements.append(element)
     return paginate("WorkflowTrace", elements, page=page, size=size, default_size=50)
 

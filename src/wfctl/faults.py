@@ -16,6 +16,9 @@ separated by commas) makes the runner fail there:
                     it: it creates `stall-prune.reached` in $WFCTL_FAULT_DIR and waits
                     (at most 60 s) for `stall-prune.go` there, as a process descheduled
                     at the worst moment would
+    enospc-scheduler the scheduler's state file write fails with "No space left on device"
+    scheduler-after-intent   the scheduler exits hard right after writing down a run, before making it
+    scheduler-after-prepare  the scheduler exits hard after making a run's execution, before starting it
 
 Unset (always, outside tests) this costs one dict lookup per point.
 """

@@ -93,9 +93,14 @@ def new_document(
     workflow_id: str,
     input: dict,
     priority: str,
+    trigger: str = "manual",
+    scheduled_at: str | None = None,
 ) -> dict:
+    """The pending document of a new execution. `trigger` says who started it: "manual"
+    (a person or a script) or "schedule" (`wfctl scheduler`, which also records the run
+    time it was due at as `scheduledAt`)."""
     steps = [skeleton_step(step) for step in workflow["steps"]]
-    return {
+    document = {
         "executionId": execution_id,
         "workflowId": workflow_id,
         "workflowName": workflow.get("name"),
@@ -109,7 +114,11 @@ def new_document(
         "estimatedCompletion": None,
         "priority": priority,
         "input": input,
+        "trigger": trigger,
     }
+    if scheduled_at is not None:
+        document["scheduledAt"] = scheduled_at
+    return document
 
 
 def index_steps(steps: Iterable[dict], parent: str | None = None, index: dict | None = None) -> dict:
@@ -474,6 +483,7 @@ def build_trace(document: dict, workflow: dict, stages_input: dict | None = None
         "status": status,
         "execution_id": document["executionId"],
         "duration": _duration(document),
+        **_trace_trigger(document),
     }
     if document.get("dryRun"):
         # Before `response`: trace summaries (lists, estimates) read only the file's head.
@@ -484,6 +494,15 @@ def build_trace(document: dict, workflow: dict, stages_input: dict | None = None
         "stages": stages,
     }
     return trace
+
+
+def _trace_trigger(document: dict) -> dict:
+    """Who started the run, in the trace's words: `trigger` (executions from before
+    schedules existed have none: they were manual) and, for scheduled runs, `scheduled_at`."""
+    fields = {"trigger": document.get("trigger") or "manual"}
+    if document.get("scheduledAt"):
+        fields["scheduled_at"] = document["scheduledAt"]
+    return fields
 
 
 def _duration(document: dict) -> float | None:

@@ -168,6 +168,8 @@ def execution_table(document: dict, now: float | None = None, max_rows: int | No
     elapsed = execution_elapsed(document, now)
     if elapsed is not None:
         footer.append(f" · {format_duration(elapsed)}")
+    if document.get("scheduledAt"):
+        footer.append(f" · scheduled for {document['scheduledAt']}", style="dim")
     if document.get("estimatedCompletion") and status == "running":
         footer.append(f" · eta {document['estimatedCompletion']}", style="dim")
     running = document.get("currentSteps") or []

@@ -29,6 +29,8 @@ BACKOFFS = ("exponential", "linear", "fixed")
 TEAM_STRATEGIES = ("round-robin", "all", "first-success")
 INPUT_TYPES = ("string", "number", "integer", "boolean", "object", "array")
 NOTIFY_EVENTS = ("failed", "completed", "escalated", "cancelled", "timed_out")
+SCHEDULE_OVERLAPS = ("skip", "queue", "allow")
+SCHEDULE_CATCHUPS = ("none", "latest", "all")
 
 # Step ids become parts of file names: letters, digits, '-', '_' and '.', 1-64 chars, not '.'/'..'.
 STEP_ID_PATTERN = r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,64}$"
@@ -49,6 +51,12 @@ URL_PATTERN = r"^https?://[^\s]+$"
 URL_HELP = "must be an http:// or https:// URL"
 RETRY_ON_PATTERN = r"^(failed|timeout|exit:-?[0-9]{1,3})$"
 RETRY_ON_HELP = "must be 'failed', 'timeout' or 'exit:N' (an exit code)"
+# Schedules (schedules.py checks what a pattern cannot: cron syntax, zones that exist, bounds).
+EVERY_PATTERN = r"^[0-9]{1,9}(\.[0-9]{1,6})?[smhd]$"
+EVERY_HELP = "must be a duration such as 30s, 15m, 2h or 1d"
+# IANA zone names; they become paths under the system's zoneinfo directory, so no '..' or '/' at the start.
+TIMEZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,3}$"
+TIMEZONE_HELP = "must be an IANA time zone name such as Europe/Paris or UTC"
 
 MAX_STEPS = 10_000  # steps in the whole tree, nested and fallback steps included
 MAX_STEP_DEPTH = 32  # levels of step nesting
@@ -566,6 +574,38 @@ SECRET = Block(
     exactly_one_of=("env", "file"),
 )
 
+SCHEDULE_ENTRY = Block(
+    "scheduleEntry",
+    "Schedule entry",
+    "When `wfctl scheduler` starts a run of this workflow: exactly one of cron or every, "
+    "and what to do with runs that overlap or were missed.",
+    (
+        Field("cron", String(min_length=1, max_length=200),
+              "A cron expression with 5 fields (minute hour day-of-month month day-of-week) or an alias "
+              "(@yearly, @monthly, @weekly, @daily, @hourly), in `timezone`.", role="cron"),
+        Field("every", String(pattern=EVERY_PATTERN, pattern_help=EVERY_HELP, max_length=20,
+                              what="a duration such as 30s, 15m, 2h or 1d"),
+              "An interval (s, m, h, d; at least 1s), counted from 1970-01-01T00:00Z: 15m runs at :00, :15, "
+              ":30 and :45."),
+        Field("timezone", String(pattern=TIMEZONE_PATTERN, pattern_help=TIMEZONE_HELP, max_length=64),
+              "The IANA time zone of a cron expression (default: the machine's); runs follow its daylight "
+              "saving time."),
+        Field("input", Map(AnyValue(), what="a mapping of input names to values"),
+              "The --input of the scheduled runs; checked against the workflow's inputs."),
+        Field("overlap", String(enum=SCHEDULE_OVERLAPS),
+              "When a run is due while an earlier scheduled run is still going: skip it (recorded as "
+              "skipped), queue it until the earlier one ends, or allow both at once.", default="skip"),
+        Field("catchup", String(enum=SCHEDULE_CATCHUPS),
+              "Runs missed while the scheduler was not running: none, the latest one, or all of them "
+              "(at most maxCatchup, one after another).", default="latest"),
+        Field("maxCatchup", Number(integer=True, minimum=1),
+              "With catchup: all, at most this many missed runs are started, the latest ones (default 10)."),
+        Field("jitter", Number(minimum=0),
+              "Start each run up to this many seconds late (at most 86400), to spread runs that share a time."),
+    ),
+    exactly_one_of=("cron", "every"),
+)
+
 WORKFLOW = Block(
     "workflow",
     "wfctl workflow",
@@ -596,6 +636,11 @@ WORKFLOW = Block(
               Map(Ref("secret"), key_pattern=ENV_NAME_PATTERN, key_help=ENV_NAME_HELP,
                   what="a mapping of secret names to sources"),
               "Secrets available to templates as `secrets.NAME`."),
+        Field("schedule",
+              Union((Ref("scheduleEntry"),
+                     List(Ref("scheduleEntry"), min_items=1, what="a non-empty list of schedule entries")),
+                    what="a schedule entry or a non-empty list of them"),
+              "When `wfctl scheduler` runs this workflow: one entry or a list of entries.", role="schedule"),
         Field("steps", StepList(min_items=1), "The steps, run in order.", required=True, role="steps"),
     ),
 )
@@ -678,7 +723,7 @@ STEP_TYPE_BLOCKS: dict[str, Block] = {
 }
 
 BLOCKS: dict[str, Block] = {
-    b.name: b for b in (WORKFLOW, ERROR_HANDLING, NOTIFICATIONS, AGENT, TEAM, INPUT_DECLARATION, SECRET)
+    b.name: b for b in (WORKFLOW, ERROR_HANDLING, NOTIFICATIONS, AGENT, TEAM, INPUT_DECLARATION, SECRET, SCHEDULE_ENTRY)
 }
 
 COMMON_STEP_KEYS = frozenset(f.name for f in STEP_COMMON)

@@ -397,6 +397,7 @@ class _Validator:
                                        "flatten the workflow")
             return self.problems
         self.tree = tree
+        self.doc = doc
         inputs = doc.get("inputs")
         self.declared: dict | None = inputs if isinstance(inputs, dict) else None
         agents = doc.get("agents")
@@ -517,7 +518,8 @@ class _Validator:
                 self.report(path, f"{block.title.lower()} needs exactly one of {options}; it has {found}")
         where = {"errorHandling": "in errorHandling", "agent": "in an agent", "team": "in a team",
                  "inputDeclaration": "in an input declaration", "secret": "in a secret",
-                 "notifications": "in notifications"}.get(block.name, f"in {block.name}")
+                 "notifications": "in notifications", "scheduleEntry": "in a schedule entry",
+                 }.get(block.name, f"in {block.name}")
         for key, item in value.items():
             item_path = child_path(path, key) if isinstance(key, str) else path
             field = block.by_name.get(key) if isinstance(key, str) else None
@@ -580,10 +582,30 @@ class _Validator:
             for key, text in value.items():
                 if isinstance(text, str):
                     self.check_template(text, child_path(path, key), scope, step, f"env {key}", allow_task=False)
+        elif role == "schedule":
+            self.check_schedule(value, path)
         elif role == "agent-template":
             for i, text in enumerate(value if isinstance(value, list) else [value]):
                 text_path = child_path(path, i) if isinstance(value, list) else path
                 self.check_template(text, text_path, scope, None, "run", allow_task=True)
+
+    def check_schedule(self, value: Any, path: str) -> None:
+        """What the shapes of `schedule:` cannot say: cron syntax, zones that exist, bounds,
+        and an input that the workflow's inputs accept (schedules.py)."""
+        from wfctl.schedules import entry_problems, input_problems
+
+        entries = value if isinstance(value, list) else [value]
+        for i, entry in enumerate(entries):
+            entry_path = child_path(path, i) if isinstance(value, list) else path
+            if not isinstance(entry, dict):
+                continue
+            for key, message in entry_problems(entry):
+                self.report(child_path(entry_path, key), message)
+            given = entry.get("input", {})
+            if isinstance(given, dict):
+                input_path = child_path(entry_path, "input")
+                for name, message in input_problems(self.doc, given):
+                    self.report(child_path(input_path, name) if name else input_path, message)
 
     # -- steps -------------------------------------------------------------------------------
     def sequence(self, steps: list, path: str, scope: _Scope) -> None:

@@ -300,6 +300,8 @@ def execution(
     if document.get("completedAt"):
         times += f" · ended {document['completedAt']}"
     console.print(f"status {document['status']} · {times}", markup=False)
+    if document.get("trigger") == "schedule":
+        console.print(f"started by the scheduler for {document.get('scheduledAt')}", markup=False)
     if document.get("error"):
         console.print("error" + error_text(document["error"], " at "), markup=False)
     if document.get("cancelReason"):
@@ -323,7 +325,7 @@ def executions(
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for column in ("execution", "workflow", "status", "progress", "started"):
+    for column in ("execution", "workflow", "status", "progress", "started", "trigger"):
         table.add_column(column, no_wrap=True)
     for element in envelope["elements"]:
         progress = element.get("progress") or {}
@@ -333,6 +335,7 @@ def executions(
             (element.get("status") or "") + (" (dry run)" if element.get("dryRun") else ""),
             f"{progress.get('completed', 0)}/{progress.get('total', 0)}" if progress else "",
             (element.get("startedAt") or "")[:19],
+            element.get("trigger") or "manual",
         )
     stdout_console().print(table)
     for element in envelope["elements"]:
