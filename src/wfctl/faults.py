@@ -10,6 +10,11 @@ separated by commas) makes the runner fail there:
     enospc-snapshot the snapshot write fails with "No space left on device"
     eio-fsync       fsync of the journal fails with an I/O error
     eio-rename      the snapshot rename fails with an I/O error
+    enospc-log      a write to a step's log fails with "No space left on device" (each
+                    write counts: the attempt's header line, every chunk of output, the
+                    footer line; an http agent's header line and body chunks)
+    enospc-scratch  writing a value passed to a step through a file (WFCTL_INPUT_FILE,
+                    WFCTL_ITEM_FILE, a large template value) fails with "No space left on device"
 
 Unset (always, outside tests) this costs one dict lookup per point.
 """

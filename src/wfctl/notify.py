@@ -470,9 +470,12 @@ def _smtp_text(err: Any) -> str:
 
 
 def _send_command(command: str, event: dict, timeout: float, cwd: Any) -> str | None:
+    """Run the notification command with the event on stdin. Its wait ends at its exit
+    or after `timeout` (then its process group is killed), whatever it does with its
+    pipes; only the last few KiB of its stderr are kept, for the reason of a failure."""
     import os
-    import signal
-    import subprocess
+
+    from wfctl.processes import run_with_deadline
 
     env = dict(os.environ)
     env["WFCTL_EVENT"] = str(event.get("event") or "")
@@ -480,50 +483,18 @@ def _send_command(command: str, event: dict, timeout: float, cwd: Any) -> str | 
     env["WFCTL_WORKFLOW_ID"] = str(event.get("workflowId") or "")
     data = json.dumps(event, ensure_ascii=False, default=str).encode("utf-8")
     try:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", command],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=None if cwd is None else str(cwd),
-            start_new_session=True,  # its own process group: a timeout stops the whole tree
-            close_fds=True,
+        finished = run_with_deadline(
+            ["/bin/sh", "-c", command], data, timeout=timeout, env=env, cwd=None if cwd is None else str(cwd)
         )
     except OSError as err:
         return f"cannot start the notification command: {_reason(err)}."
-    try:
-        try:
-            _, stderr = proc.communicate(data, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                proc.kill()
-            try:
-                proc.communicate(timeout=2)
-            except subprocess.TimeoutExpired:
-                pass  # a grandchild escaped the group and holds the pipes: give up on them
-            return f"the notification command did not finish within {timeout:g}s and was killed."
-    finally:
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            try:
-                if pipe:
-                    pipe.close()
-            except OSError:
-                pass
-        if proc.returncode is None:
-            try:
-                proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                pass
-    code = proc.returncode
+    if finished.ended_by == "timeout":
+        return f"the notification command did not finish within {timeout:g}s and was killed."
+    code = finished.code
     if code == 0:
         return None
-    last = ""
-    for line in reversed(stderr.decode("utf-8", "replace").splitlines()):
-        if line.strip():
-            last = _one_line(line, 200)
-            break
+    if code is None:
+        return "the notification command did not end after SIGKILL."
+    last = _one_line(finished.stderr.last_line(), 200)
     what = f"exited with code {code}" if code > 0 else f"was killed by signal {-code}"
     return f"the notification command {what}" + (f": {last}." if last else ".")
