@@ -478,3 +478,124 @@ def test_a_missing_or_wrong_working_directory_is_named(lab, tmp_path):
     for key, message in expected.items():
         error = step_record(document, key)["error"]
         assert error == {"kind": "error", "message": message, "exitCode": None}, (key, error)
+
+
+# -- the library layer: waits, files, sizes -------------------------------------------------------
+def _shell(command: str) -> subprocess.Popen:
+    return subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _supervised(command: str, **kwargs) -> tuple[str, bytes, float, subprocess.Popen]:
+    from wfctl.processes import supervise
+
+    proc = _shell(command)
+    seen: list[bytes] = []
+    began = time.monotonic()
+    try:
+        ended_by = supervise(proc, {proc.stdout.fileno(): seen.append, proc.stderr.fileno(): seen.append}, **kwargs)
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+    return ended_by, b"".join(seen), time.monotonic() - began, proc
+
+
+def test_supervise_keeps_the_deadline_of_a_process_that_closed_its_pipes():
+    ended_by, _, elapsed, proc = _supervised("exec >&- 2>&-; sleep 30", deadline=time.monotonic() + 0.5)
+    assert ended_by == "timeout"
+    assert elapsed < 5
+    assert proc.returncode is not None  # terminated and reaped, not left behind
+
+
+def test_supervise_stops_a_process_that_closed_its_pipes_on_cancel():
+    ended_by, _, elapsed, proc = _supervised("exec >&- 2>&-; sleep 30", cancelled=lambda: True)
+    assert ended_by == "cancelled" and elapsed < 5 and proc.returncode is not None
+
+
+def test_supervise_ends_at_the_exit_of_a_process_whose_grandchild_holds_its_pipes(lab):
+    ended_by, output, elapsed, proc = _supervised(f"sleep 30 & echo $! > {lab.q('pid-grandchild')}; echo done")
+    assert ended_by == "exit" and proc.returncode == 0
+    assert output == b"done\n"
+    assert elapsed < 5
+    pid = lab.pid("grandchild")
+    wait_for(lambda: not pid_alive(pid), timeout=10, what="the grandchild to be killed with the group")
+
+
+def test_run_with_deadline_ends_a_helper_that_never_exits():
+    from wfctl.processes import run_with_deadline
+
+    began = time.monotonic()
+    finished = run_with_deadline(["/bin/sh", "-c", "exec >&- 2>&-; sleep 30"], b"{}", timeout=0.5)
+    assert finished.ended_by == "timeout" and time.monotonic() - began < 5
+
+
+def test_run_with_deadline_keeps_only_the_tail_of_stderr():
+    from wfctl.processes import TAIL_BYTES, run_with_deadline
+
+    finished = run_with_deadline(
+        ["/bin/sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x >&2; echo >&2; echo 'the last words' >&2; exit 4"],
+        b"", timeout=30,
+    )
+    assert finished.code == 4
+    assert len(finished.stderr.data) <= TAIL_BYTES
+    assert finished.stderr.last_line() == "the last words"
+
+
+def test_only_regular_files_are_opened_and_never_with_a_block(tmp_path):
+    from wfctl.stepfiles import NotRegularFile, read_regular
+
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "file").write_text("content")
+    os.symlink(tmp_path / "file", tmp_path / "link")
+    for name, kind in (("fifo", "a FIFO"), ("link", "a symbolic link")):
+        with pytest.raises(NotRegularFile) as raised:
+            read_regular(tmp_path / name, 100)
+        assert raised.value.kind == kind
+    with pytest.raises(NotRegularFile):
+        read_regular(tmp_path, 100)
+    assert read_regular(tmp_path / "link", 100, follow=True) == b"content"  # a user's own path
+    assert read_regular(tmp_path / "file", 3) == b"con"  # bounded
+
+
+def _context(tmp_path: Path, **kwargs):
+    from wfctl.agents import AttemptContext
+
+    return AttemptContext(step_key="s", step_id="s", task=None, inputs={}, execution_id="exec_1",
+                          workflow_id="wf_1", attempt=1, scope={}, log_dir=tmp_path / "logs", **kwargs)
+
+
+def test_fit_for_exec_moves_large_values_to_files_and_names_what_cannot_fit(tmp_path):
+    from wfctl.agents import ENV_VALUE_LIMIT, Scratch, fit_for_exec
+
+    ctx = _context(tmp_path)
+    scratch = Scratch(ctx)
+    big = "i" * (ENV_VALUE_LIMIT + 1)
+    env = {"WFCTL_INPUT": big, "WFCTL_T_0": "t" * (ENV_VALUE_LIMIT + 1), "SMALL": "s"}
+    argv = fit_for_exec(["/bin/sh", "-c", 'printf %s "$WFCTL_T_0"'], env, ["WFCTL_T_0"], scratch)
+    assert "WFCTL_INPUT" not in env and Path(env["WFCTL_INPUT_FILE"]).read_text() == big
+    assert oct(os.stat(env["WFCTL_INPUT_FILE"]).st_mode & 0o777) == "0o600"
+    assert "WFCTL_T_0" not in env and env["SMALL"] == "s"
+    # The shell reads the template value back unchanged, trailing newlines included.
+    printed = subprocess.run(argv, env=env, capture_output=True, timeout=30).stdout
+    assert printed == b"t" * (ENV_VALUE_LIMIT + 1)
+    scratch.remove()
+    assert list((tmp_path / "logs").iterdir()) == []
+    with pytest.raises(ValueError, match="environment variable HUGE is 200 KiB"):
+        fit_for_exec(["/bin/true"], {"HUGE": "h" * 200 * 1024}, [], Scratch(ctx))
+    with pytest.raises(ValueError, match="argument 1 of the command is 200 KiB"):
+        fit_for_exec(["/bin/echo", "a" * 200 * 1024], {}, [], Scratch(ctx))
+
+
+def test_an_output_file_is_masked_before_it_is_cut(tmp_path):
+    from wfctl.agents import INLINE_OUTPUT_LIMIT, _read_output_file
+    from wfctl.masking import Masker
+
+    secret = "a-secret-value-here"
+    path = tmp_path / "out"
+    # Many secrets first (each masked shorter), then one across the cut.
+    head = (secret + "-") * 1000
+    filler = "f" * (INLINE_OUTPUT_LIMIT - len(head) - 5)
+    path.write_text(head + filler + secret + "tail" * 10000)
+    text = _read_output_file(path, Masker([secret]))
+    assert secret[:5] not in text.replace("***", "")
+    assert text.endswith("bytes were written to $WFCTL_OUTPUT]")
