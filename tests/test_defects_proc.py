@@ -599,3 +599,26 @@ def test_an_output_file_is_masked_before_it_is_cut(tmp_path):
     text = _read_output_file(path, Masker([secret]))
     assert secret[:5] not in text.replace("***", "")
     assert text.endswith("bytes were written to $WFCTL_OUTPUT]")
+
+
+def test_a_nul_in_a_value_passed_to_a_step_is_one_clear_sentence(lab):
+    path = lab.workflow("""\
+        name: nul-item
+        steps:
+          - id: make
+            run: printf '["ok", "bad\\\\u0000value"]'
+            output: words
+          - id: each
+            type: loop
+            items: words
+            step:
+              id: say
+              run: 'printf "%s" "$WFCTL_ITEM"'
+    """)
+    result = wfctl("execute", path, "--json", code=1, timeout=60)
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    document = json.loads(result.stdout)
+    [first, second] = step_record(document, "each")["steps"]
+    assert first["status"] == "completed"
+    assert second["error"]["kind"] == "error" and "WFCTL_ITEM" in second["error"]["message"], second["error"]
+    assert "NUL" in second["error"]["message"]

@@ -525,6 +525,14 @@ def _exec_size(argv: list[str], env: dict[str, str], leaving: list[str] = ()) ->
 
 
 def _check_exec_size(argv: list[str], env: dict[str, str], budget: int) -> None:
+    """What no process can be given, as a sentence: a NUL, a string over the kernel's
+    limit for one argument or variable, a total over the system's limit."""
+    for number, part in enumerate(argv):
+        if "\0" in part:
+            raise ValueError(f"argument {number} of the command contains a NUL character, which no process can be given.")
+    for key, value in env.items():
+        if "\0" in value or "\0" in key:
+            raise ValueError(f"the environment variable {key!r} contains a NUL character, which no process can be given.")
     for number, part in enumerate(argv):
         if _size(part) >= ARG_STRING_LIMIT:
             raise ValueError(
