@@ -622,3 +622,20 @@ def test_a_nul_in_a_value_passed_to_a_step_is_one_clear_sentence(lab):
     assert first["status"] == "completed"
     assert second["error"]["kind"] == "error" and "WFCTL_ITEM" in second["error"]["message"], second["error"]
     assert "NUL" in second["error"]["message"]
+
+
+def test_a_webhook_that_trickles_its_answer_does_not_hold_the_end_of_the_run(lab):
+    with trickle_server(b"x" * 600, headers_too=True, pause=0.2) as web:
+        path = lab.workflow(f"""\
+            name: slow-hook
+            notifications:
+              webhook: "{web.url}/hook"
+              on: [completed]
+            steps:
+              - id: one
+                run: echo ok
+        """)
+        result, elapsed = timed("execute", path, "--json", timeout=60, code=0)
+    [sent] = json.loads(result.stdout)["notifications"]
+    assert sent["ok"] is False and "did not answer within 10s" in sent["error"], sent
+    assert elapsed < 25, f"the run ended {elapsed:.1f}s after it started (notifications time out after 10 s)"

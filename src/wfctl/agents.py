@@ -7,7 +7,6 @@ is a value, never an exception that crosses into the engine.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import stat
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from wfctl import faults, processes
+from wfctl.httpwatch import Watchdog
 from wfctl.processes import KILL_GRACE_SECONDS, Tail, stdin_pipe, supervise
 from wfctl.stepfiles import NotRegularFile, describe_error, open_regular, remove, write_all
 
@@ -693,7 +693,7 @@ def run_http(agent: dict, ctx: AttemptContext) -> Outcome:
     (per socket read) alone would let it. The body streams to the step's log; the record
     keeps its first INLINE_OUTPUT_LIMIT bytes with a marker, as for command output."""
     limit = float(ctx.timeout) if ctx.timeout else HTTP_TIMEOUT
-    watchdog = _Watchdog(time.monotonic() + limit, ctx.cancelled)
+    watchdog = Watchdog(time.monotonic() + limit, ctx.cancelled)
     try:
         return _post(agent, ctx, watchdog, limit)
     except StepStorageError as err:
@@ -703,7 +703,7 @@ def run_http(agent: dict, ctx: AttemptContext) -> Outcome:
         watchdog.stop()
 
 
-def _post(agent: dict, ctx: AttemptContext, watchdog: "_Watchdog", limit: float) -> Outcome:
+def _post(agent: dict, ctx: AttemptContext, watchdog: Watchdog, limit: float) -> Outcome:
     import http.client
     import urllib.error
     import urllib.request
@@ -712,8 +712,7 @@ def _post(agent: dict, ctx: AttemptContext, watchdog: "_Watchdog", limit: float)
     body = json.dumps(ctx.context_document(), ensure_ascii=False, default=str).encode("utf-8")
     headers = {"Content-Type": "application/json", "User-Agent": "wfctl"}
     headers.update({str(k): str(v) for k, v in (agent.get("headers") or {}).items()})
-    http_handler, https_handler = _watched_handler_classes()
-    opener = urllib.request.build_opener(http_handler(watchdog), https_handler(watchdog))
+    opener = watchdog.opener()
     try:
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         response = opener.open(request, timeout=limit)
@@ -750,7 +749,7 @@ def _post(agent: dict, ctx: AttemptContext, watchdog: "_Watchdog", limit: float)
     return Outcome(ok=True, output=parse_result(text), exit_code=None)
 
 
-def _http_stopped(watchdog: "_Watchdog", url: str, limit: float) -> Outcome:
+def _http_stopped(watchdog: Watchdog, url: str, limit: float) -> Outcome:
     if watchdog.fired == "cancelled":
         return failure("cancelled", "cancelled while running.")
     return failure("timeout", f"no complete answer from {url} within {_seconds(limit)}.")
@@ -779,96 +778,3 @@ def _stream_body(response: Any, ctx: AttemptContext, title: str) -> Prefix:
             kept.add(rest)
         log.write(b"\n")
     return kept
-
-
-class _Watchdog:
-    """Shuts the attempt's sockets down when its deadline passes or the run is cancelled:
-    a blocked read then returns at once, however the server paces its bytes."""
-
-    def __init__(self, deadline: float, cancelled: Callable[[], bool]) -> None:
-        import threading
-
-        self.deadline = deadline
-        self.cancelled = cancelled
-        self.fired: str | None = None  # "timeout" or "cancelled"
-        self._sockets: list[Any] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="wfctl-http-deadline", daemon=True)
-        self._thread.start()
-
-    def connection_factory(self, http_class: Any) -> Callable[..., Any]:
-        """`http_class`, with each socket it connects registered here as soon as it is
-        connected (urllib drops the connection's own reference once the headers are in)."""
-
-        def make(*args: Any, **kwargs: Any) -> Any:
-            connection = http_class(*args, **kwargs)
-            connect = connection.connect
-
-            def watched_connect() -> None:
-                connect()
-                self._add(connection.sock)
-
-            connection.connect = watched_connect
-            return connection
-
-        return make
-
-    def _add(self, sock: Any) -> None:
-        with self._lock:
-            self._sockets.append(sock)
-            fired = self.fired
-        if fired:
-            _shut(sock)
-
-    def _watch(self) -> None:
-        while not self._stop.wait(min(processes.TICK, max(0.0, self.deadline - time.monotonic()))):
-            if time.monotonic() >= self.deadline:
-                self._fire("timeout")
-                return
-            if self.cancelled():
-                self._fire("cancelled")
-                return
-
-    def _fire(self, why: str) -> None:
-        with self._lock:
-            self.fired = why
-            sockets = list(self._sockets)
-        for sock in sockets:
-            _shut(sock)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def _shut(sock: Any) -> None:
-    import socket
-
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-
-
-@functools.cache
-def _watched_handler_classes() -> tuple[type, type]:
-    """urllib's handlers, with every connection they open watched by the attempt's watchdog."""
-    import urllib.request
-
-    class WatchedHTTPHandler(urllib.request.HTTPHandler):
-        def __init__(self, watchdog: _Watchdog) -> None:
-            super().__init__()
-            self.watchdog = watchdog
-
-        def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
-            return super().do_open(self.watchdog.connection_factory(http_class), req, **kwargs)
-
-    class WatchedHTTPSHandler(urllib.request.HTTPSHandler):
-        def __init__(self, watchdog: _Watchdog) -> None:
-            super().__init__()
-            self.watchdog = watchdog
-
-        def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
-            return super().do_open(self.watchdog.connection_factory(http_class), req, **kwargs)
-
-    return WatchedHTTPHandler, WatchedHTTPSHandler
