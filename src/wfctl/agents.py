@@ -280,6 +280,11 @@ def _run_command(agent: dict, ctx: AttemptContext, scratch: "Scratch") -> Outcom
         argv = prefix + fit_for_exec(argv, env, list(extra), scratch)
     except ValueError as err:
         return failure("error", str(err))
+    return _run_logged(ctx, argv, env, cwd, shown)
+
+
+def _run_logged(ctx: AttemptContext, argv: list[str], env: dict[str, str], cwd: str | None, shown: str) -> Outcome:
+    """Start the command and supervise it, its output going to the step's log."""
     context = json.dumps(ctx.context_document(), ensure_ascii=False, default=str).encode("utf-8")
     try:
         log = StepLog(ctx.log_path)
@@ -288,11 +293,11 @@ def _run_command(agent: dict, ctx: AttemptContext, scratch: "Scratch") -> Outcom
     with log:
         header = f"=== attempt {ctx.attempt} · {shown}\n"
         log.write(ctx.masker.text(header).encode("utf-8", "replace") if ctx.masker else header.encode("utf-8", "replace"))
-        capture = _Capture(log, ctx.masker)
         started = _start(argv, env, cwd, context)
         if isinstance(started, Outcome):
             return started
         proc, stdin = started
+        capture = _Capture(log, ctx.masker)
         ctx.on_process(proc)
         deadline = time.monotonic() + ctx.timeout if ctx.timeout else None
         try:
@@ -309,9 +314,8 @@ def _run_command(agent: dict, ctx: AttemptContext, scratch: "Scratch") -> Outcom
             proc.stdout.close()
             proc.stderr.close()
         capture.close()
-        code = proc.returncode
-        log.write(f"=== exit {code}\n".encode())
-    return _command_outcome(ctx, ended_by, code, capture)
+        log.write(f"=== exit {proc.returncode}\n".encode())
+    return _command_outcome(ctx, ended_by, proc.returncode, capture)
 
 
 def _start(argv: list[str], env: dict[str, str], cwd: str | None, context: bytes):
