@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from wfctl import faults, processes
+from wfctl.httpwatch import Watchdog
+from wfctl.processes import KILL_GRACE_SECONDS, Tail, stdin_pipe, supervise
+from wfctl.stepfiles import NotRegularFile, describe_error, open_regular, remove, write_all
 from wfctl.values import NotJSON, bound
 
 # Output kept inline in the execution record; the full text stays in the log file.
 INLINE_OUTPUT_LIMIT = 256 * 1024
-PIPE_PRELOAD = 32 * 1024  # a context up to this size is written to stdin before the start
-KILL_GRACE_SECONDS = 2.0
 
 
 @dataclass
@@ -63,6 +65,9 @@ class AttemptContext:
     agent_name: str | None = None  # how the step names its agent, for messages
     cancelled: Callable[[], bool] = lambda: False
     on_process: Callable[[subprocess.Popen | None], None] = lambda proc: None
+    # Called with one sentence when a file wfctl writes for the step (its log, a value
+    # passed through a file) cannot be written: the run stops, as when the journal fails.
+    storage_failed: Callable[[str], None] = lambda message: None
 
     def context_document(self) -> dict:
         document = {
@@ -129,6 +134,64 @@ def run_agent(agent: dict, ctx: AttemptContext) -> Outcome:
 
 
 # -- command agents -------------------------------------------------------------------------
+# A value wfctl passes in the environment (WFCTL_INPUT, WFCTL_ITEM, a template value) that is
+# larger than this goes through a file instead: the kernel refuses to start a process with
+# one variable over 128 KiB (E2BIG), or with more than ARG_MAX of arguments and environment.
+ENV_VALUE_LIMIT = 32 * 1024
+ARG_STRING_LIMIT = 128 * 1024  # the kernel's MAX_ARG_STRLEN: one argument or NAME=value
+OUTPUT_FILE_MARKER = f"\n[output truncated: more than {INLINE_OUTPUT_LIMIT} bytes were written to $WFCTL_OUTPUT]"
+
+
+class StepStorageError(OSError):
+    """A file wfctl writes for a step (its log, a value passed through a file) could not be
+    written: the disk, not the step, failed, so the run stops as when the journal fails."""
+
+    def __init__(self, what: str, path: Path, err: OSError) -> None:
+        super().__init__(err.errno, err.strerror)
+        self.message = f"cannot write {what} {path}: {describe_error(err)}"
+
+
+class StepLog:
+    """A step's log, opened for appending: 0600, never through a symlink, never a FIFO or a
+    device a step put in its place; every write whole or a StepStorageError."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        try:
+            try:
+                self.fd = open_regular(path, flags)
+            except FileNotFoundError:
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self.fd = open_regular(path, flags)
+        except NotRegularFile:
+            raise
+        except OSError as err:
+            raise StepStorageError("the step's log", path, err) from None
+
+    def write(self, data: bytes) -> None:
+        try:
+            faults.io_error("enospc-log")
+            write_all(self.fd, data)
+        except OSError as err:
+            raise StepStorageError("the step's log", self.path, err) from None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "StepLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_log(path: Path) -> StepLog:
+    return StepLog(path)
+
+
 def plain_text(value: Any) -> str:
     """A value as a step sees it in its environment: strings as they are, else compact JSON."""
     if isinstance(value, str):
@@ -177,6 +240,19 @@ def command_environment(agent: dict, ctx: AttemptContext, extra: dict[str, str])
 
 
 def run_command(agent: dict, ctx: AttemptContext) -> Outcome:
+    """One attempt of a command step. Its scratch files ($WFCTL_OUTPUT, values passed
+    through files) are removed whatever the outcome: they can hold what secrets gave."""
+    scratch = Scratch(ctx)
+    try:
+        return _run_command(agent, ctx, scratch)
+    except StepStorageError as err:
+        ctx.storage_failed(err.message)
+        return failure("error", err.message + ".")
+    finally:
+        scratch.remove()
+
+
+def _run_command(agent: dict, ctx: AttemptContext, scratch: "Scratch") -> Outcome:
     from wfctl.errors import ExpressionError
 
     try:
@@ -184,244 +260,308 @@ def run_command(agent: dict, ctx: AttemptContext) -> Outcome:
     except ExpressionError as err:
         return failure("error", f"cannot render the command: {err.message}")
     env = command_environment(agent, ctx, extra)
-    if ctx.nice:
-        # nice(1) sets the value and then execs the command: it holds from the first
-        # instruction, for everything the step starts (setpriority after spawn would race).
-        argv = ["nice", "-n", str(ctx.nice), *argv]
+    cwd = ctx.cwd or agent.get("cwd")
+    problem = _working_directory_problem(cwd)
+    if problem:
+        return failure("error", problem)
+    # nice(1) sets the value and then execs the command: it holds from the first
+    # instruction, for everything the step starts (setpriority after spawn would race).
+    prefix = ["nice", "-n", str(ctx.nice)] if ctx.nice else []
+    shown = _argv_text(prefix + argv)
     if ctx.cancelled():
         return failure("cancelled", "cancelled before it started.")
+    scratch.remove()  # an earlier attempt's $WFCTL_OUTPUT
+    try:
+        argv = prefix + fit_for_exec(argv, env, list(extra), scratch)
+    except ValueError as err:
+        return failure("error", str(err))
+    return _run_logged(ctx, argv, env, cwd, shown)
+
+
+def _run_logged(ctx: AttemptContext, argv: list[str], env: dict[str, str], cwd: str | None, shown: str) -> Outcome:
+    """Start the command and supervise it, its output going to the step's log."""
     context = json.dumps(ctx.context_document(), ensure_ascii=False, default=str).encode("utf-8")
-    cwd = ctx.cwd or agent.get("cwd")
     try:
-        ctx.output_path.unlink()
-    except FileNotFoundError:
-        pass
-    try:
-        log = _open_log(ctx.log_path)
-    except OSError as err:
-        return failure("error", f"cannot open the step's log {ctx.log_path}: {err.strerror or err}.")
-    try:
-        header = f"=== attempt {ctx.attempt} · {_argv_text(argv)}\n"
+        log = StepLog(ctx.log_path)
+    except NotRegularFile as err:
+        return failure("error", f"the step's log {ctx.log_path} is {err.kind}, not a regular file; wfctl does not write to it.")
+    with log:
+        header = f"=== attempt {ctx.attempt} · {shown}\n"
         log.write(ctx.masker.text(header).encode("utf-8", "replace") if ctx.masker else header.encode("utf-8", "replace"))
-        try:
-            stdin_read, stdin_write = os.pipe()
-        except OSError as err:
-            return failure("error", f"cannot start {argv[0]!r}: {err.strerror or err}.")
-        # Most contexts fit in the pipe: written before the command starts, so the wait
-        # below watches the command's output only. What does not fit is fed as it reads.
-        os.set_blocking(stdin_write, False)
-        try:
-            context = context[os.write(stdin_write, context[:PIPE_PRELOAD]):]
-        except BlockingIOError:
-            pass
-        if not context:
-            os.close(stdin_write)
-            stdin_write = -1
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=stdin_read,
-                stdout=subprocess.PIPE,
-                # With secrets, stderr passes through us to be masked; else straight to the log.
-                stderr=subprocess.PIPE if ctx.masker else log,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,  # its own process group: we can stop the whole tree
-                close_fds=True,
-            )
-        except OSError as err:
-            os.close(stdin_read)
-            if stdin_write >= 0:
-                os.close(stdin_write)
-            return failure("error", f"cannot start {argv[0]!r}: {err.strerror or err}.")
-        os.close(stdin_read)
-        ctx.on_process(proc)
+        started = _start(argv, env, cwd, context)
+        if isinstance(started, Outcome):
+            return started
+        proc, stdin = started
         capture = _Capture(log, ctx.masker)
+        ctx.on_process(proc)
+        deadline = time.monotonic() + ctx.timeout if ctx.timeout else None
         try:
-            ended_by = _communicate(proc, stdin_write, context, ctx, capture)
+            ended_by = supervise(
+                proc,
+                {proc.stdout.fileno(): capture.reader("out"), proc.stderr.fileno(): capture.reader("err")},
+                stdin=stdin,
+                deadline=deadline,
+                cancelled=ctx.cancelled,
+            )
         finally:
             ctx.on_process(None)
-            capture.close()
-        code = proc.returncode
-        log.write(f"=== exit {code}\n".encode())
-    finally:
-        log.close()
-    text = capture.text()
+            stdin.close()
+            proc.stdout.close()
+            proc.stderr.close()
+        capture.close()
+        log.write(f"=== exit {proc.returncode}\n".encode())
+    return _command_outcome(ctx, ended_by, proc.returncode, capture)
+
+
+def _start(argv: list[str], env: dict[str, str], cwd: str | None, context: bytes):
+    """The step's process, in its own process group, with the context on stdin; or the
+    failed Outcome when it cannot start."""
+    try:
+        stdin = stdin_pipe(context)
+    except OSError as err:
+        return failure("error", f"cannot start {argv[0]!r}: {err.strerror or err}.")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=stdin.read_fd,
+            # Both pipes pass through wfctl: to the log (masked when there are secrets),
+            # and a tail of each kept for the error line of a failed step.
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,  # its own process group: we can stop the whole tree
+            close_fds=True,
+        )
+    except OSError as err:
+        stdin.close()
+        if cwd and err.filename == cwd:  # the chdir into cwd failed, not the command
+            return failure("error", f"the working directory {os.path.abspath(cwd)} cannot be entered: {describe_error(err)}.")
+        return failure("error", f"cannot start {argv[0]!r}: {err.strerror or err}.")
+    stdin.close_child_end()
+    return proc, stdin
+
+
+def _command_outcome(ctx: AttemptContext, ended_by: str, code: int | None, capture: "_Capture") -> Outcome:
     if ended_by == "timeout":
         return failure("timeout", f"timed out after {_seconds(ctx.timeout)}.", code)
     if ended_by == "cancelled":
         return failure("cancelled", "cancelled while running.", code)
+    if code is None:  # SIGKILLed and still not reaped: stuck in the kernel
+        return failure("failed", "did not end after SIGKILL.")
     if code != 0:
-        last = _last_line(text) or _last_log_line(ctx.log_path)
+        last = capture.error_line()
         message = f"exited with code {code}" if code > 0 else f"killed by signal {-code}"
         return failure("failed", message + (f": {last}" if last else "."), code)
-    result_text = _read_output_file(ctx.output_path)
-    output = parse_result(result_text if result_text is not None else text)
+    try:
+        result_text = _read_output_file(ctx.output_path, ctx.masker)
+    except NotRegularFile as err:
+        return failure("error", f"$WFCTL_OUTPUT ({ctx.output_path}) is {err.kind}, not a regular file; wfctl reads results only from regular files.", code)
+    except OSError as err:
+        return failure("error", f"cannot read $WFCTL_OUTPUT ({ctx.output_path}): {describe_error(err)}.", code)
+    output = parse_result(result_text if result_text is not None else capture.text())
     return Outcome(ok=True, output=output, exit_code=code)
 
 
-class _Capture:
-    """A step's output as it arrives: everything goes to the log (masked when there
-    are secrets); the first INLINE_OUTPUT_LIMIT bytes of stdout are kept for the result."""
+def _working_directory_problem(cwd: str | None) -> str | None:
+    """Why a step cannot run in `cwd` (a sentence naming it), or None."""
+    if not cwd:
+        return None
+    where = os.path.abspath(cwd)
+    try:
+        found = os.stat(cwd)
+    except FileNotFoundError:
+        return f"the working directory {where} does not exist."
+    except OSError as err:
+        return f"the working directory {where} cannot be used: {describe_error(err)}."
+    if not stat.S_ISDIR(found.st_mode):
+        return f"the working directory {where} is not a directory."
+    return None
 
-    def __init__(self, log, masker) -> None:
-        self.log = log
-        self.kept: list[bytes] = []
-        self.kept_size = 0
+
+class Prefix:
+    """The first INLINE_OUTPUT_LIMIT bytes of a stream (masked before they get here, so
+    a secret is never cut in half), and how many bytes the stream had."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
         self.total = 0
+
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        room = INLINE_OUTPUT_LIMIT - self.size
+        if room > 0 and data:
+            self.parts.append(data[:room])
+            self.size += min(room, len(data))
+
+    @property
+    def cut(self) -> bool:
+        return self.total > INLINE_OUTPUT_LIMIT
+
+    def text(self) -> str:
+        return b"".join(self.parts).decode("utf-8", "replace")
+
+
+class _Capture:
+    """A step's output as it arrives: everything goes to the log (masked when there are
+    secrets); the first INLINE_OUTPUT_LIMIT bytes of stdout are kept for the result, and
+    the last few KiB of stdout and stderr for the error line of a failure."""
+
+    def __init__(self, log: StepLog, masker) -> None:
+        self.log = log
+        self.kept = Prefix()
+        self.tails = {"out": Tail(), "err": Tail()}
         self.masks = {"out": masker.stream(), "err": masker.stream()} if masker else None
+
+    def reader(self, stream: str) -> Callable[[bytes], None]:
+        return lambda data: self.add(stream, data)
 
     def add(self, stream: str, data: bytes) -> None:
         if self.masks is not None:
             data = self.masks[stream].feed(data)
         if data:
-            self.log.write(data)
-        if stream == "out":
-            self._keep(data)
+            self._take(stream, data)
 
-    def _keep(self, data: bytes) -> None:
-        self.total += len(data)
-        room = INLINE_OUTPUT_LIMIT - self.kept_size
-        if room > 0 and data:
-            self.kept.append(data[:room])
-            self.kept_size += min(room, len(data))
+    def _take(self, stream: str, data: bytes) -> None:
+        self.log.write(data)
+        self.tails[stream].add(data)
+        if stream == "out":
+            self.kept.add(data)
 
     def close(self) -> None:
         if self.masks is not None:
             for stream, masker in self.masks.items():
                 rest = masker.flush()
                 if rest:
-                    self.log.write(rest)
-                    if stream == "out":
-                        self._keep(rest)
+                    self._take(stream, rest)
 
     def text(self) -> str:
-        text = b"".join(self.kept).decode("utf-8", "replace")
-        if self.total > INLINE_OUTPUT_LIMIT:
+        text = self.kept.text()
+        if self.kept.cut:
             # The whole output is in the log; the record keeps a marked beginning.
-            text += f"\n[output truncated: {self.total} bytes in all; see wfctl logs]"
+            text += f"\n[output truncated: {self.kept.total} bytes in all; see wfctl logs]"
         return text
 
-
-def _communicate(proc: subprocess.Popen, stdin_fd: int, context: bytes, ctx: AttemptContext, capture: _Capture) -> str:
-    """Feed a large context, read stdout (and stderr when masking), watch timeout and cancel.
-
-    Returns how the command ended: exit, timeout or cancelled.
-    """
-    import select
-
-    deadline = time.monotonic() + ctx.timeout if ctx.timeout else None
-    ended_by = "exit"
-    streams = {proc.stdout.fileno(): "out"}
-    if proc.stderr is not None:
-        streams[proc.stderr.fileno()] = "err"
-    # poll(2) on one or two descriptors: no epoll object to make and close per step.
-    poller = select.poll()
-    for fd in streams:
-        poller.register(fd, select.POLLIN)
-    pending = memoryview(context)
-    if stdin_fd >= 0:
-        os.set_blocking(stdin_fd, False)
-        poller.register(stdin_fd, select.POLLOUT)
-    open_streams = len(streams)
-    try:
-        while open_streams:
-            wait = 0.2
-            if deadline is not None:
-                wait = min(wait, max(0.0, deadline - time.monotonic()))
-            for fd, _mask in poller.poll(wait * 1000):
-                if fd in streams:
-                    data = os.read(fd, 65536)
-                    if data:
-                        capture.add(streams[fd], data)
-                    else:
-                        poller.unregister(fd)
-                        open_streams -= 1
-                else:
-                    try:
-                        written = os.write(stdin_fd, pending)
-                        pending = pending[written:]
-                    except (BrokenPipeError, BlockingIOError) as err:
-                        if isinstance(err, BrokenPipeError):
-                            pending = pending[:0]
-                    if not pending:
-                        poller.unregister(stdin_fd)
-                        os.close(stdin_fd)
-                        stdin_fd = -1
-            if ctx.cancelled():
-                ended_by = "cancelled"
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                ended_by = "timeout"
-                break
-            if open_streams and proc.poll() is not None:
-                # The command ended but something it started still holds its output
-                # open: take what is already buffered, then stop waiting for it.
-                for fd, stream in streams.items():
-                    for data in _drain(fd):
-                        capture.add(stream, data)
-                break
-    finally:
-        if stdin_fd >= 0:
-            os.close(stdin_fd)
-    if ended_by != "exit":
-        terminate_group(proc)
-    else:
-        proc.wait()
-        _kill_leftovers(proc)
-    proc.stdout.close()
-    if proc.stderr is not None:
-        proc.stderr.close()
-    return ended_by
+    def error_line(self) -> str:
+        """What a failed command said last: stderr's last non-empty line, else stdout's."""
+        return self.tails["err"].last_line() or self.tails["out"].last_line()
 
 
-def _drain(fd: int) -> list[bytes]:
-    os.set_blocking(fd, False)
-    chunks = []
-    while True:
+class Scratch:
+    """An attempt's scratch files next to its log: $WFCTL_OUTPUT and the values passed
+    through files (0600). `remove` deletes them all, whatever the step made of them."""
+
+    def __init__(self, ctx: AttemptContext) -> None:
+        self.ctx = ctx
+        self.paths: list[Path] = [ctx.output_path]
+
+    def write(self, name: str, value: str) -> Path:
+        path = self.ctx.log_dir / f"{self.ctx.step_key}.{name.lower()}"
+        self.paths.append(path)
+        remove(path)
         try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return chunks
+            faults.io_error("enospc-scratch")
+            self.ctx.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                write_all(fd, value.encode("utf-8", "surrogateescape"))
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise StepStorageError(f"the file holding {name} for the step", path, err) from None
+        return path
+
+    def remove(self) -> None:
+        for path in self.paths:
+            remove(path)
+
+
+def fit_for_exec(argv: list[str], env: dict[str, str], template_names: list[str], scratch: Scratch) -> list[str]:
+    """Make the command startable whatever the size of the data wfctl gives it.
+
+    WFCTL_INPUT and WFCTL_ITEM over ENV_VALUE_LIMIT are replaced by WFCTL_INPUT_FILE and
+    WFCTL_ITEM_FILE; a template value over it is read by the shell from a file; more go
+    to files, largest first, while arguments and environment exceed the system's limit.
+    What still cannot fit (a huge `env:` value or argument) is a ValueError sentence.
+    """
+    movable = [name for name in ("WFCTL_INPUT", "WFCTL_ITEM") if name in env] + template_names
+    moved = [name for name in movable if _size(env[name]) > ENV_VALUE_LIMIT]
+    rest = sorted((name for name in movable if name not in moved), key=lambda name: -_size(env[name]))
+    budget = _exec_budget()
+    while rest and _exec_size(argv, env, moved) > budget:
+        moved.append(rest.pop(0))
+    shell_reads = []
+    for name in moved:
+        env[f"{name}_FILE"] = str(scratch.write(name, env.pop(name)))
+        if name in template_names:
+            # Read into a shell variable of the same name (not exported: the commands the
+            # step starts must not inherit it); the command text refers to it unchanged.
+            shell_reads.append(f'{name}=$(cat "${name}_FILE"; echo .); {name}=${{{name}%.}}; ')
+    if shell_reads:
+        argv = [*argv[:2], "".join(shell_reads) + argv[2], *argv[3:]]
+    _check_exec_size(argv, env, budget)
+    return argv
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogateescape"))
+
+
+def _exec_budget() -> int:
+    try:
+        limit = os.sysconf("SC_ARG_MAX")
+    except (ValueError, OSError):
+        limit = 2 * 1024 * 1024
+    return max(limit, 256 * 1024) * 3 // 4  # room for what the step's own commands add
+
+
+def _exec_size(argv: list[str], env: dict[str, str], leaving: list[str] = ()) -> int:
+    """Bytes the kernel counts to start the command: the strings and their pointers."""
+    size = sum(_size(part) + 1 + 8 for part in argv)
+    size += sum(_size(key) + _size(value) + 2 + 8 for key, value in env.items() if key not in leaving)
+    return size
+
+
+def _check_exec_size(argv: list[str], env: dict[str, str], budget: int) -> None:
+    """What no process can be given, as a sentence: a NUL, a string over the kernel's
+    limit for one argument or variable, a total over the system's limit."""
+    for number, part in enumerate(argv):
+        if "\0" in part:
+            raise ValueError(f"argument {number} of the command contains a NUL character, which no process can be given.")
+    for key, value in env.items():
+        if "\0" in value or "\0" in key:
+            raise ValueError(f"the environment variable {key!r} contains a NUL character, which no process can be given.")
+    for number, part in enumerate(argv):
+        if _size(part) >= ARG_STRING_LIMIT:
+            raise ValueError(
+                f"argument {number} of the command is {_kib(_size(part))}, more than a process can be given in one "
+                f"argument ({_kib(ARG_STRING_LIMIT)}): pass large values with `input:` (the step reads them from "
+                "$WFCTL_INPUT or $WFCTL_INPUT_FILE)."
+            )
+    for key, value in env.items():
+        if _size(key) + _size(value) + 1 >= ARG_STRING_LIMIT:
+            raise ValueError(
+                f"the environment variable {key} is {_kib(_size(value))}, more than a process can be given in one "
+                f"variable ({_kib(ARG_STRING_LIMIT)}): pass large values with `input:` (the step reads them from "
+                "$WFCTL_INPUT or $WFCTL_INPUT_FILE)."
+            )
+    total = _exec_size(argv, env)
+    if total > budget:
+        largest = max(env, key=lambda key: _size(env[key]))
+        raise ValueError(
+            f"the command's arguments and environment come to {_kib(total)}, more than the system allows "
+            f"({_kib(budget)}); the largest is the environment variable {largest} ({_kib(_size(env[largest]))})."
+        )
+
+
+def _kib(size: int) -> str:
+    return f"{size / 1024:.0f} KiB"
 
 
 def terminate_group(proc: subprocess.Popen, grace: float = KILL_GRACE_SECONDS) -> None:
     """SIGTERM the step's process group, then SIGKILL what is left after a grace period."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    _kill_leftovers(proc)
-    proc.wait()
-
-
-def _kill_leftovers(proc: subprocess.Popen) -> None:
-    # Grandchildren left running in the step's group must not outlive the step.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _open_log(path: Path):
-    """The step's log, opened for appending (0600, never through a symlink)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except FileNotFoundError:
-        from wfctl.store import open_append
-
-        return open_append(path)  # creates the directory first
-    from wfctl.store import AppendFile
-
-    return AppendFile(fd, "ab")  # every write complete or an error: a short write is not a write
+    processes.terminate_group(proc, grace)
 
 
 def _argv_text(argv: list[str]) -> str:
@@ -443,34 +583,27 @@ def _last_line(text: str) -> str:
     return ""
 
 
-def _last_log_line(path: Path) -> str:
+def _read_output_file(path: Path, masker: Any = None) -> str | None:
+    """The text a step wrote to $WFCTL_OUTPUT (None when it wrote none), masked and then
+    cut to INLINE_OUTPUT_LIMIT with a marker. Only a regular file is read (a FIFO, a
+    device or a symlink is NotRegularFile), non-blocking and with a bound."""
     try:
-        with open(path, "rb") as handle:
-            handle.seek(max(0, os.path.getsize(path) - 4096))
-            tail = handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    for line in reversed(tail.splitlines()):
-        if line.strip() and not line.startswith("==="):
-            return line.strip()[:200]
-    return ""
-
-
-def _read_output_file(path: Path) -> str | None:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(INLINE_OUTPUT_LIMIT + 1)
-    except (FileNotFoundError, IsADirectoryError):
+        fd = open_regular(path)
+    except FileNotFoundError:
         return None
     try:
-        os.unlink(path)
-    except OSError:
-        pass
-    if len(data) > INLINE_OUTPUT_LIMIT:
-        return data[:INLINE_OUTPUT_LIMIT].decode("utf-8", "replace") + (
-            f"\n[output truncated: more than {INLINE_OUTPUT_LIMIT} bytes were written to $WFCTL_OUTPUT]"
-        )
-    return data.decode("utf-8", "replace")
+        kept = Prefix()
+        stream = masker.stream() if masker else None
+        while not kept.cut:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            kept.add(stream.feed(chunk) if stream else chunk)
+        if stream is not None and not kept.cut:
+            kept.add(stream.flush())
+    finally:
+        os.close(fd)
+    return kept.text() + (OUTPUT_FILE_MARKER if kept.cut else "")
 
 
 # -- python agents --------------------------------------------------------------------------
@@ -817,36 +950,107 @@ def _log_attempt(ctx: AttemptContext, what: str, text: str) -> None:
     entry = f"=== attempt {ctx.attempt} · {what}\n{text}\n"
     if ctx.masker:
         entry = ctx.masker.text(entry)
-    with _open_log(ctx.log_path) as log:
-        log.write(entry.encode("utf-8", "replace"))
+    try:
+        with StepLog(ctx.log_path) as log:
+            log.write(entry.encode("utf-8", "replace"))
+    except StepStorageError as err:
+        ctx.storage_failed(err.message)  # the disk failed: the run stops
+    except NotRegularFile:
+        pass  # something a step put at the log's path is not written to; the record has the attempt
 
 
 # -- http agents ----------------------------------------------------------------------------
+HTTP_TIMEOUT = 300.0  # seconds for one attempt of an http agent whose step has no timeout
+
+
 def run_http(agent: dict, ctx: AttemptContext) -> Outcome:
+    """POST the context to the agent's URL. One deadline covers the whole attempt (connect,
+    headers, body): a server that trickles bytes cannot stretch it, as urllib's timeout
+    (per socket read) alone would let it. The body streams to the step's log; the record
+    keeps its first INLINE_OUTPUT_LIMIT bytes with a marker, as for command output."""
+    limit = float(ctx.timeout) if ctx.timeout else HTTP_TIMEOUT
+    watchdog = Watchdog(time.monotonic() + limit, ctx.cancelled)
+    try:
+        return _post(agent, ctx, watchdog, limit)
+    except StepStorageError as err:
+        ctx.storage_failed(err.message)
+        return failure("error", err.message + ".")
+    finally:
+        watchdog.stop()
+
+
+def _post(agent: dict, ctx: AttemptContext, watchdog: Watchdog, limit: float) -> Outcome:
+    import http.client
     import urllib.error
     import urllib.request
 
+    url = agent["http"]
     body = json.dumps(ctx.context_document(), ensure_ascii=False, default=str).encode("utf-8")
     headers = {"Content-Type": "application/json", "User-Agent": "wfctl"}
     headers.update({str(k): str(v) for k, v in (agent.get("headers") or {}).items()})
-    request = urllib.request.Request(agent["http"], data=body, headers=headers, method="POST")
+    opener = watchdog.opener()
     try:
-        with urllib.request.urlopen(request, timeout=ctx.timeout or 300) as response:
-            text = response.read().decode("utf-8", "replace")
-            status = response.status
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        response = opener.open(request, timeout=limit)
     except urllib.error.HTTPError as err:
-        detail = err.read().decode("utf-8", "replace")[:500]
-        _log_http(ctx, agent["http"], err.code, detail)
-        return failure("failed", f"HTTP {err.code} from {agent['http']}", err.code)
-    except (urllib.error.URLError, OSError, ValueError) as err:
+        response = err  # an error status: its body goes to the log too
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
-        _log_attempt(ctx, f"POST {agent['http']}", f"cannot reach {agent['http']}: {reason}")
+        if watchdog.fired:
+            _log_attempt(ctx, f"POST {url}", f"no complete answer from {url}: {watchdog.fired}")
+            return _http_stopped(watchdog, url, limit)
+        _log_attempt(ctx, f"POST {url}", f"cannot reach {url}: {reason}")
         if isinstance(reason, TimeoutError) or isinstance(err, TimeoutError):
-            return failure("timeout", f"no answer from {agent['http']} within {_seconds(ctx.timeout or 300)}.")
-        return failure("error", f"cannot reach {agent['http']}: {reason}")
-    _log_http(ctx, agent["http"], status, text)
+            return failure("timeout", f"no answer from {url} within {_seconds(limit)}.")
+        return failure("error", f"cannot reach {url}: {reason}")
+    with response:
+        status = getattr(response, "status", None) or getattr(response, "code", None)
+        try:
+            kept = _stream_body(response, ctx, f"POST {url} → {status}")
+        except NotRegularFile as err:
+            return failure("error", f"the step's log {ctx.log_path} is {err.kind}, not a regular file; wfctl does not write to it.")
+        except StepStorageError:
+            raise
+        except (http.client.HTTPException, OSError, ValueError) as err:
+            if watchdog.fired:
+                return _http_stopped(watchdog, url, limit)
+            return failure("error", f"the answer from {url} broke off: {getattr(err, 'strerror', None) or err or type(err).__name__}.")
+    if watchdog.fired:  # the socket was shut down: what arrived is not the whole body
+        return _http_stopped(watchdog, url, limit)
+    if isinstance(response, urllib.error.HTTPError):
+        return failure("failed", f"HTTP {status} from {url}", status)
+    text = kept.text()
+    if kept.cut:
+        text += f"\n[output truncated: {kept.total} bytes in all; see wfctl logs]"
     return Outcome(ok=True, output=parse_result(text), exit_code=None)
 
 
-def _log_http(ctx: AttemptContext, url: str, status: int, text: str) -> None:
-    _log_attempt(ctx, f"POST {url} → {status}", text)
+def _http_stopped(watchdog: Watchdog, url: str, limit: float) -> Outcome:
+    if watchdog.fired == "cancelled":
+        return failure("cancelled", "cancelled while running.")
+    return failure("timeout", f"no complete answer from {url} within {_seconds(limit)}.")
+
+
+def _stream_body(response: Any, ctx: AttemptContext, title: str) -> Prefix:
+    """The response body to the step's log (masked) as it arrives; its beginning kept."""
+    kept = Prefix()
+    mask = ctx.masker.stream() if ctx.masker else None
+    read = getattr(response, "read1", None) or response.read
+    with StepLog(ctx.log_path) as log:
+        header = f"=== attempt {ctx.attempt} · {title}\n"
+        log.write((ctx.masker.text(header) if ctx.masker else header).encode("utf-8", "replace"))
+        while True:
+            chunk = read(65536)
+            if not chunk:
+                break
+            if mask is not None:
+                chunk = mask.feed(chunk)
+            if chunk:
+                log.write(chunk)
+                kept.add(chunk)
+        rest = mask.flush() if mask is not None else b""
+        if rest:
+            log.write(rest)
+            kept.add(rest)
+        log.write(b"\n")
+    return kept

@@ -352,14 +352,13 @@ def start_detached(execution_id: str, *, wait: float = 30.0, resume: bool = Fals
     from wfctl.errors import StoreError
     from wfctl.runner import runner_alive
 
-    from wfctl.store import open_append
-
     store = _store()
     exec_dir = store.execution_dir(execution_id)
     # A resumed execution has started before: it counts as started again once its
     # status is running and the new runner has written (the journal grows).
     before = get_execution(execution_id).get("startedAt") if not resume else object()
-    with open_append(exec_dir / "runner.log") as log:
+    log = _open_runner_log(exec_dir / "runner.log")
+    try:
         child = subprocess.Popen(
             [sys.executable, "-m", "wfctl", "_run", execution_id, *(["--resume"] if resume else [])],
             stdin=subprocess.DEVNULL,
@@ -368,6 +367,8 @@ def start_detached(execution_id: str, *, wait: float = 30.0, resume: bool = Fals
             start_new_session=True,  # no SIGHUP when the terminal closes
             close_fds=True,
         )
+    finally:
+        os.close(log)
     journal = store.journal_path(execution_id)
     queued = exec_dir / "queued"
 
@@ -385,11 +386,36 @@ def start_detached(execution_id: str, *, wait: float = 30.0, resume: bool = Fals
             return False
         return document.get("status") in ("running", "paused") and (document.get("startedAt") != before)
 
-    wait_until(started, wait)
+    wait_until(started, wait)  # bounded: the runner is never waited for past `wait`
     if child.poll() is not None and child.returncode != 0 and not journal.exists():
-        detail = (exec_dir / "runner.log").read_text(errors="replace").strip().splitlines()
+        detail = _runner_log_tail(exec_dir / "runner.log").strip().splitlines()
         raise StoreError(f"the background run of {execution_id} did not start: {detail[-1] if detail else 'no output'}")
     return get_execution(execution_id)
+
+
+def _open_runner_log(path: Path) -> int:
+    """The detached runner's log (0600, appended): only a regular file, opened without
+    blocking, so a FIFO put in its place cannot hang `execute --detach` or `resume`."""
+    from wfctl.errors import StoreError
+    from wfctl.stepfiles import NotRegularFile, describe_error, open_regular
+    from wfctl.store import ensure_dir
+
+    ensure_dir(path.parent)
+    try:
+        return open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except NotRegularFile as err:
+        raise StoreError(f"{path} is {err.kind}, not a regular file; wfctl does not write its runner's log there.") from None
+    except OSError as err:
+        raise StoreError(f"cannot open {path}: {describe_error(err)}.") from None
+
+
+def _runner_log_tail(path: Path) -> str:
+    from wfctl.stepfiles import read_tail
+
+    try:
+        return read_tail(path, 4096).decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 NICE_FOR_PRIORITY = {"low": 10, "normal": 0, "high": 0}

@@ -69,6 +69,9 @@ class Settings:
     # Attempts lost to the infrastructure (a Dask worker that died) are run again this
     # many times, apart from the step's own retry policy (defaults.infrastructure_retries).
     infrastructure_retries: int = 3
+    # Told (one sentence, the step key) when a file written for a step (its log) cannot be
+    # written: the api stops the run as when the journal cannot be written.
+    on_storage_failure: Callable[[str, str], None] | None = None
 
 
 @dataclass
@@ -645,7 +648,14 @@ class Engine:
             timeout=step.get("timeout"),
             cancelled=self.cancel_event.is_set,
             nice=self.settings.nice,
+            storage_failed=self._storage_failed(key),
         )
+
+    def _storage_failed(self, key: str) -> Callable[[str], None]:
+        report = self.settings.on_storage_failure
+        if report is None:
+            return lambda message: None
+        return lambda message: report(message, key)
 
     def _inputs(self, step: dict, scope: Mapping) -> dict:
         names = step.get("input")

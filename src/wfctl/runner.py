@@ -120,6 +120,13 @@ class Recorder:
         if self.on_broken is not None:
             self.on_broken(self.broken)
 
+    def storage_failed(self, message: str, step: str | None) -> None:
+        """A file the run writes besides the record (a step's log) could not be written:
+        the run stops as when the journal fails, and what was recorded stays resumable."""
+        with self._lock:
+            if self.broken is None:
+                self._break(StoreError(message), {"step": step})
+
     def _snapshot(self, *, sync: bool) -> None:
         document = dict(self.state.document)
         document["journalOffset"] = self._offset
@@ -392,6 +399,7 @@ def _run_with(store, execution_id, definition, state, run_input, options, prior,
         secrets=secrets,
         masker=masker,
         infrastructure_retries=options.infrastructure_retries,
+        on_storage_failure=recorder.storage_failed,
     )
     engine = Engine(definition, settings, recorder, prior=prior)
     # A record that cannot be written stops the run: no step starts that could not be kept.

@@ -200,13 +200,21 @@ def open_append(path: Path):
 
 
 def read_bytes_nofollow(path: Path, *, offset: int = 0, limit: int = -1) -> bytes:
-    """A file's bytes (from `offset`), refusing a symlink planted in its place."""
+    """A file's bytes (from `offset`), refusing a symlink planted in its place, and a FIFO
+    or a device (a step can put one at its log's path): opened without blocking, checked."""
+    import stat
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         raise
     except OSError as err:
         raise _store_error(path, err) from err
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise StoreError(f"{path} is not a regular file (mode {stat.filemode(mode)}); wfctl does not read it.")
+    os.set_blocking(fd, True)
     with os.fdopen(fd, "rb") as handle:
         if offset:
             handle.seek(offset)

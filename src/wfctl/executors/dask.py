@@ -59,6 +59,7 @@ from typing import Any
 TICK = 0.2  # how often the worker checks the step, the client its future
 CANCEL_POLL = 0.5  # how often the worker asks the scheduler whether the attempt is cancelled
 KILL_GRACE = 2.0  # SIGTERM, then SIGKILL after this long
+REAP_WAIT = 5.0  # after SIGKILL, how long the step's exit is waited for at most
 REPORT_WAIT = 6.0  # after a cancel, how long the client waits for the worker's report
 CONNECT_TIMEOUT = 5.0
 REPORT_LIMIT = 32 * 1024 * 1024  # bytes of stdout and of stderr a worker sends back for the log
@@ -210,6 +211,9 @@ class DaskExecutor:
             "base": os.getcwd(),
             "timeout": float(ctx.timeout) if ctx.timeout else None,
             "nice": int(ctx.nice or 0),
+            # $WFCTL_OUTPUT comes back this much longer than the cap: it is masked here
+            # before it is cut, so a secret across the cut is still masked whole.
+            "mask_margin": int(getattr(getattr(ctx, "masker", None), "longest", 0) or 0),
         }
 
     # -- waiting for the worker ----------------------------------------------------------
@@ -322,12 +326,17 @@ def _outcome(report: dict, payload: dict, ctx: Any) -> Any:
     elif ended_by in ("cancelled", "abandoned"):
         outcome = failure("cancelled", "cancelled while running.", code)
     elif code != 0:
-        last = _last_line(text) or _last_meaningful(log_text)
+        # As locally: the last line of stderr (the worker's log) says why, else stdout's.
+        last = _last_meaningful(log_text) or _last_line(stdout[-4096:].decode("utf-8", "replace"))
         message = f"exited with code {code}" if code is not None and code > 0 else f"killed by signal {-(code or 0)}"
         outcome = failure("failed", message + (f": {last}" if last else "."), code)
     else:
         output_file = report.get("output_file")
-        chosen = _output_file_text(output_file) if output_file is not None else text
+        if isinstance(output_file, str):  # the worker could not read it (a FIFO, a device)
+            outcome = failure("error", output_file, code)
+            outcome.worker = worker
+            return outcome
+        chosen = _output_file_text(output_file, masker) if output_file is not None else text
         outcome = Outcome(ok=True, output=parse_result(chosen), exit_code=code)
     outcome.worker = worker
     return outcome
@@ -382,13 +391,17 @@ def _inline(stdout: bytes, total: int) -> str:
     return text
 
 
-def _output_file_text(data: bytes) -> str:
-    from wfctl.agents import INLINE_OUTPUT_LIMIT
+def _output_file_text(data: bytes, masker: Any = None) -> str:
+    """The beginning of $WFCTL_OUTPUT as the worker sent it: masked, then cut (a stream
+    masker keeps back what could be the start of a secret the worker's copy cut off)."""
+    from wfctl.agents import INLINE_OUTPUT_LIMIT, OUTPUT_FILE_MARKER
 
+    if masker:
+        stream = masker.stream()
+        whole = len(data) <= INLINE_OUTPUT_LIMIT
+        data = stream.feed(data) + (stream.flush() if whole else b"")
     if len(data) > INLINE_OUTPUT_LIMIT:
-        return data[:INLINE_OUTPUT_LIMIT].decode("utf-8", "replace") + (
-            f"\n[output truncated: more than {INLINE_OUTPUT_LIMIT} bytes were written to $WFCTL_OUTPUT]"
-        )
+        return data[:INLINE_OUTPUT_LIMIT].decode("utf-8", "replace") + OUTPUT_FILE_MARKER
     return data.decode("utf-8", "replace")
 
 
@@ -400,7 +413,8 @@ def _last_meaningful(text: str) -> str:
 
 
 def _write_log(ctx: Any, payload: dict, worker: str | None, note: str | None, log: bytes, stdout: bytes, last: str) -> None:
-    from wfctl.agents import _open_log
+    from wfctl.agents import StepStorageError, _open_log
+    from wfctl.stepfiles import NotRegularFile
 
     where = f"on worker {worker}" if worker else "on the cluster (no worker reported)"
     parts = [f"=== attempt {ctx.attempt} · {payload['label']}\n=== {where}\n".encode("utf-8", "replace")]
@@ -415,8 +429,13 @@ def _write_log(ctx: Any, payload: dict, worker: str | None, note: str | None, lo
     masker = getattr(ctx, "masker", None)
     if masker:
         data = masker.data(data)  # secrets never reach the log file
-    with _open_log(ctx.log_path) as handle:
-        handle.write(data)
+    try:
+        with _open_log(ctx.log_path) as handle:
+            handle.write(data)
+    except StepStorageError as err:
+        getattr(ctx, "storage_failed", lambda message: None)(err.message)  # the disk failed: the run stops
+    except NotRegularFile:
+        pass  # something a step put at the log's path is not written to
 
 
 # -- worker side: standard library and distributed only ------------------------------------
@@ -578,7 +597,7 @@ def _run_here(payload: dict, report: dict, worker: Any, key: Any, client: Any, f
         _signal_group(proc, signal.SIGKILL)  # leftovers in the step's group do not outlive it
     else:
         _terminate(proc, exited)
-    waiter.join()
+    waiter.join(REAP_WAIT)  # a step stuck in the kernel after SIGKILL is not waited for forever
     if reader is not None:
         reader.join(KILL_GRACE)
     feeder.join(KILL_GRACE)
@@ -587,11 +606,7 @@ def _run_here(payload: dict, report: dict, worker: Any, key: Any, client: Any, f
     report["stdout"] = _bounded(b"".join(chunks), seen[0])
     with open(log_path, "rb") as handle:
         report["log"] = _bounded(handle.read(REPORT_LIMIT + 1), os.path.getsize(log_path))
-    try:
-        with open(output_path, "rb") as handle:
-            report["output_file"] = handle.read(OUTPUT_FILE_LIMIT + 1)
-    except OSError:
-        report["output_file"] = None
+    report["output_file"] = _read_output_file(output_path, OUTPUT_FILE_LIMIT + 1 + int(payload.get("mask_margin") or 0))
     if python:
         # The text as the child wrote it: decoded (with bounds) on the client, not here.
         try:
@@ -600,6 +615,33 @@ def _run_here(payload: dict, report: dict, worker: Any, key: Any, client: Any, f
         except OSError:
             report["python_json"] = None
     return report
+
+
+def _read_output_file(path: str, limit: int) -> Any:
+    """$WFCTL_OUTPUT's first `limit` bytes; None when the step wrote none; a sentence when
+    it is not a regular file (a FIFO there must not block the worker: O_NONBLOCK, fstat)."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"$WFCTL_OUTPUT ({path}) cannot be read: {err.strerror or err}; wfctl reads results only from regular files."
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return f"$WFCTL_OUTPUT ({path}) is not a regular file; wfctl reads results only from regular files."
+        os.set_blocking(fd, True)
+        chunks, left = [], limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _bounded(data: bytes, total: int) -> bytes:
@@ -677,4 +719,4 @@ def _terminate(proc: subprocess.Popen, exited: threading.Event) -> None:
     _signal_group(proc, signal.SIGTERM)
     exited.wait(KILL_GRACE)
     _signal_group(proc, signal.SIGKILL)
-    exited.wait()
+    exited.wait(REAP_WAIT)
