@@ -34,10 +34,7 @@ def resolve(secrets: dict | None, *, base: Path | None = None) -> dict[str, str]
             path = Path(os.path.expanduser(str(source["file"])))
             if base is not None and not path.is_absolute():
                 path = base / path
-            try:
-                value = path.read_text(encoding="utf-8").rstrip("\n")
-            except (OSError, UnicodeDecodeError) as err:
-                raise UsageError(f"secret '{name}' cannot be read from {path}: {getattr(err, 'strerror', None) or err}.") from err
+            value = _read_secret_file(str(name), path)
         else:
             continue
         if len(value) < MIN_SECRET_LENGTH:
@@ -46,6 +43,20 @@ def resolve(secrets: dict | None, *, base: Path | None = None) -> dict[str, str]
             )
         values[str(name)] = value
     return values
+
+
+def _read_secret_file(name: str, path: Path) -> str:
+    """A secret file's text, read like workflow files: a regular file of at most 1 MiB
+    (a FIFO or /dev/zero named by a workflow would otherwise be read for ever)."""
+    from wfctl.errors import WorkflowInvalid
+    from wfctl.loader import read_bytes
+
+    try:
+        return read_bytes(str(path), kind="secret file").decode("utf-8").rstrip("\n")
+    except WorkflowInvalid as err:
+        raise UsageError(f"secret '{name}' cannot be read from {path}: {err.problems[0].message}.") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"secret '{name}' cannot be read from {path}: it is not UTF-8 text.") from None
 
 
 class Masker:
