@@ -5,6 +5,7 @@ Nothing here does I/O; the CLI prints what these return.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 STATUS_STYLE = {
@@ -26,6 +27,22 @@ STATUS_MARK = {
     "skipped": "–",
     "cancelled": "■",
 }
+
+
+# Characters that would act on a terminal instead of being shown (escape sequences, carriage
+# returns, NUL, C1 controls) or reorder what is shown (bidi overrides).
+_UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: Any, *, keep_newlines: bool = True) -> str:
+    """Text from outside (names, descriptions, step output, error messages), fit for a
+    terminal: every control character is shown as its escape (`\\x1b`), never sent raw."""
+    text = str(text)
+    if not keep_newlines:
+        text = text.replace("\n", "\\n")
+    if not _UNSHOWABLE.search(text):
+        return text
+    return _UNSHOWABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def format_duration(seconds: Any) -> str:
@@ -105,7 +122,7 @@ def execution_table(document: dict, elapsed: float | None = None):
     completed = progress.get("completed") or 0
     status = document.get("status", "")
     footer = Text()
-    footer.append(f"{document.get('workflowName') or ''} ", style="bold")
+    footer.append(f"{terminal_safe(document.get('workflowName') or '')} ", style="bold")
     footer.append(f"{status} ", style=STATUS_STYLE.get(status, ""))
     footer.append(f"{completed}/{total} steps")
     if elapsed is not None:
@@ -132,18 +149,18 @@ def event_line(event: dict) -> str | None:
             line += f" in {format_duration(event.get('duration'))}"
         error = event.get("error")
         if error and status != "completed":
-            line += f": {error.get('message')}"
+            line += f": {terminal_safe(error.get('message'), keep_newlines=False)}"
         return line
     if kind == "attempt.failed":
         error = event.get("error") or {}
-        message = str(error.get("message") or "").rstrip(".")
+        message = terminal_safe(error.get("message") or "", keep_newlines=False).rstrip(".")
         return f"{at} {event['step']} attempt {event['attempt']} failed: {message}; retrying in {event.get('retryIn')}s"
     if kind == "execution.finished":
         line = f"{at} execution {event['status']}"
         if event.get("error"):
-            line += f" at {event['error'].get('step')}: {event['error'].get('message')}"
+            line += f" at {event['error'].get('step')}: {terminal_safe(event['error'].get('message'), keep_newlines=False)}"
         if event.get("reason"):
-            line += f" ({event['reason']})"
+            line += f" ({terminal_safe(event['reason'], keep_newlines=False)})"
         return line
     return None
 
@@ -157,6 +174,8 @@ def summary_text(document: dict) -> str:
         f"{progress.get('completed', 0)}/{progress.get('total', 0)} steps"
     )
     error = document.get("error")
-    if status == "failed" and error:
-        text += f" · {error.get('step')}: {error.get('message')}"
+    if status in ("failed", "timed_out") and error:
+        text += f" · {error.get('step')}: {terminal_safe(error.get('message'), keep_newlines=False)}"
+    elif status in ("cancelled", "timed_out", "interrupted") and document.get("cancelReason"):
+        text += f" · {terminal_safe(document['cancelReason'], keep_newlines=False)}"
     return text
