@@ -93,7 +93,11 @@ def describe_value(value: Any) -> str:
         return "a list"
     if isinstance(value, dict):
         return "a mapping"
-    return f"a {type(value).__name__}"
+    import datetime
+
+    if isinstance(value, (datetime.date, datetime.time)):  # TOML has dates and times
+        return f"the date/time {value.isoformat()}"
+    return "a value that is not JSON"
 
 
 def json_type(value: Any) -> str | None:
