@@ -349,6 +349,18 @@ def test_18_input_from_stdin_is_bounded(input_flow, wfctl_home):
     assert not marker.exists() and tree_snapshot(wfctl_home) == before
 
 
+def test_18_json_scans_stay_linear_on_long_escaped_strings(input_flow, tmp_path, wfctl_home):
+    """The nesting check scans strings first: a long unterminated string of escaped quotes
+    made that scan quadratic (hours for a 1 MiB file); it is refused in seconds now."""
+    flow, marker = input_flow
+    text = '{"name": "' + '\\"' * 400_000
+    workflow = tmp_path / "slow.json"
+    workflow.write_text(text)
+    refused(cli("validate", workflow, timeout=30), "invalid JSON", lines=2)
+    refused(cli("execute", flow, "--input", f"@{workflow}", "--quiet", timeout=30), "is not valid JSON")
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("depth", [65, 400, 100_000])
 def test_18_deeply_nested_input_is_a_usage_error(depth, input_flow, tmp_path, wfctl_home):
     flow, marker = input_flow

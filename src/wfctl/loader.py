@@ -391,22 +391,34 @@ def _constant(name: str) -> Any:
 
 
 _JSON_TO_YAML = {0x09: " ", 0x0D: " ", 0x85: " ", 0x2028: " ", 0x2029: " "}
-_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
+# A string (closed, or running to the end of the text, so that a match never fails and the
+# scan stays linear: `"\"\"\"...` without a closing quote made the plain pattern quadratic,
+# hours for a 1 MiB file) or a bracket.
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.|\\\Z)*(?:"|\Z)|[\[\]{}]', re.S)
 
 
-def _check_json_depth(text: str, filename: str) -> None:
-    """Refuse nesting deeper than MAX_DEPTH before json.loads can recurse into it."""
+def json_too_deep(text: str, limit: int) -> int | None:
+    """The offset of the first bracket nested deeper than `limit` in JSON text, else None:
+    found in one linear pass, before json.loads (or anything else) can recurse into it."""
     depth = 0
     for match in _JSON_TOKENS.finditer(text):
         token = match.group()
         if token in "[{":
             depth += 1
-            if depth > MAX_DEPTH:
-                line, column = _position(text, match.start())
-                _fail(filename, f"nesting is too deep at line {line}, column {column}; workflow files may nest "
-                                f"at most {MAX_DEPTH} levels", line=line)
+            if depth > limit:
+                return match.start()
         elif token in "]}":
             depth -= 1
+    return None
+
+
+def _check_json_depth(text: str, filename: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH before json.loads can recurse into it."""
+    offset = json_too_deep(text, MAX_DEPTH)
+    if offset is not None:
+        line, column = _position(text, offset)
+        _fail(filename, f"nesting is too deep at line {line}, column {column}; workflow files may nest "
+                        f"at most {MAX_DEPTH} levels", line=line)
 
 
 def _parse_json(text: str, filename: str) -> tuple[Any, dict[str, int]]:

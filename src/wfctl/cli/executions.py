@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json as jsonlib
-import re
 import sys
 from typing import Annotated, Any, Optional
 
@@ -76,22 +75,14 @@ def _decode_input(data: bytes, source: str) -> str:
         raise UsageError(f"{source} is not valid UTF-8 (byte offset {err.start}).") from None
 
 
-_JSON_BRACKETS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
-
-
 def _check_input_depth(raw: str, source: str) -> None:
     """Refuse deep nesting before json.loads (and every later walk) recurses into it."""
-    depth = 0
-    for match in _JSON_BRACKETS.finditer(raw):
-        token = match.group()
-        if token in "[{":
-            depth += 1
-            if depth > MAX_INPUT_DEPTH:
-                raise UsageError(f"{source} is nested more than {MAX_INPUT_DEPTH} levels deep "
-                                 f"(at character {match.start() + 1}); --input may nest at most "
-                                 f"{MAX_INPUT_DEPTH} levels.")
-        elif token in "]}":
-            depth -= 1
+    from wfctl.loader import json_too_deep
+
+    offset = json_too_deep(raw, MAX_INPUT_DEPTH)
+    if offset is not None:
+        raise UsageError(f"{source} is nested more than {MAX_INPUT_DEPTH} levels deep (at character {offset + 1}); "
+                         f"--input may nest at most {MAX_INPUT_DEPTH} levels.")
 
 
 def _unique_keys(pairs: list) -> dict:
