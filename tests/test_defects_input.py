@@ -483,7 +483,7 @@ def test_18_control_characters_in_shown_text_are_escaped(tmp_path, wfctl_home):
     """Descriptions, categories, step output in messages: shown escaped, never sent raw."""
     flow = write(tmp_path / "shown.yaml", r"""
         name: shown
-        description: "clears \e[2J the screen"
+        description: "clears \e[2J the screen \u202e reversed"
         category: "cat\e]0;title\a"
         steps:
           - id: s
@@ -494,6 +494,9 @@ def test_18_control_characters_in_shown_text_are_escaped(tmp_path, wfctl_home):
     listed = cli("list")
     assert listed.returncode == 0 and b"\x1b" not in listed.stdout + listed.stderr, shown(listed)
     assert b"\\x1b" in listed.stdout  # escaped, still there to see
+    definition = cli("show", "shown")
+    assert definition.returncode == 0, shown(definition)
+    assert b"\x1b" not in definition.stdout and "\u202e".encode() not in definition.stdout, shown(definition)
     result = cli("execute", "shown")
     assert result.returncode == 1, shown(result)
     assert b"\x1b" not in result.stderr and b"\r" not in result.stderr, shown(result)

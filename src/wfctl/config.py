@@ -69,7 +69,7 @@ class Config:
     def _read(self) -> dict[str, Any]:
         from wfctl.loader import read_bytes
 
-        if not os.path.lexists(self.path):
+        if not os.path.exists(self.path):
             return {}
         try:
             # Bounded, and never a FIFO or a device: WFCTL_CONFIG=/dev/zero must not hang.

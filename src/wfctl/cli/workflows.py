@@ -107,8 +107,11 @@ def show(
 
     header = {k: document.get(k) for k in ("workflowId", "name", "version", "status", "createdAt", "updatedAt", "source")}
     body = {k: v for k, v in document.items() if k not in header and v is not None}
-    typer.echo(yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip())
-    typer.echo(yaml.safe_dump(body, sort_keys=False, allow_unicode=True).rstrip())
+    from wfctl.render import terminal_safe
+
+    # YAML escapes most control characters itself, but not bidi overrides.
+    typer.echo(terminal_safe(yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip()))
+    typer.echo(terminal_safe(yaml.safe_dump(body, sort_keys=False, allow_unicode=True).rstrip()))
 
 
 def delete(
