@@ -289,6 +289,24 @@ def test_16_config_that_is_not_a_regular_file_never_blocks(kind, tmp_path):
             else "directory")
 
 
+def test_16_a_config_team_member_that_is_no_agent_stops_the_run_before_it_starts(tmp_path, wfctl_home):
+    """As for a workflow's own team (A21): the members of a config.toml team a workflow uses
+    must be agents, checked before the first step, not when the team step comes."""
+    write_config("""\
+        [teams.crew]
+        members = ["echo", "nobdy"]
+        """)
+    marker = tmp_path / "ran"
+    flow = marker_workflow(tmp_path, marker, "  - {id: together, type: team, teamId: crew, task: hi}\n")
+    before = tree_snapshot(wfctl_home)
+    refused(cli("validate", flow), "steps[1].teamId", "member 'nobdy', which is not an agent", lines=2)
+    refused(cli("execute", flow, "--quiet"), "member 'nobdy'")
+    assert not marker.exists() and tree_snapshot(wfctl_home) == before
+    assert cli("create", flow).returncode == 0  # registered, then run by name: checked again
+    refused(cli("execute", "marked", "--quiet"), "member 'nobdy'")
+    assert not marker.exists()
+
+
 # -- 18. --input: bounded, a regular file, shallow, and what it is called -------------------------
 @pytest.fixture
 def input_flow(tmp_path):

@@ -85,8 +85,10 @@ def warnings(source: str | os.PathLike | Mapping, *, check_config: bool = True) 
     return workflow_warnings(doc, file=file, lines=lines, config=config_data)
 
 
-def _known(config: Config) -> tuple[set[str], set[str]]:
-    return set(config.agents), set(config.teams)
+def _known(config: Config) -> tuple[set[str], dict[str, dict]]:
+    """The agents of config.toml, and its teams with their definitions (whose members a
+    workflow that uses them must be able to reach)."""
+    return set(config.agents), dict(config.teams)
 
 
 def _load_definition(source: str | os.PathLike | Mapping) -> tuple[dict, Path | None]:

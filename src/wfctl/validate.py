@@ -25,7 +25,7 @@ import copy
 import math
 import os
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from wfctl import spec
 from wfctl.errors import ExpressionError, Problem, WorkflowInvalid
@@ -478,6 +478,9 @@ class _Validator:
         self.lines = lines
         self.known_agents = set(known_agents) if known_agents is not None else None
         self.known_teams = set(known_teams) if known_teams is not None else None
+        # Teams from config.toml given with their definitions: their members are checked
+        # where a workflow uses them, as a workflow's own teams' members are.
+        self.config_teams: dict = dict(known_teams) if isinstance(known_teams, Mapping) else {}
         self.problems: list[Problem] = []
         # Data flow: the names always produced so far, with an undo log for scoped walks.
         self.avail: set[str] = set()
@@ -975,13 +978,29 @@ class _Validator:
     def check_team(self, name: str, path: str) -> None:
         if self.known_teams is None:
             return
-        if name in self.workflow_teams or name in self.known_teams:
+        if name in self.workflow_teams:
+            return
+        if name in self.known_teams:
+            self.check_config_team_members(name, path)
             return
         existing = sorted(self.workflow_teams | self.known_teams)
         teams = _listing(existing) if existing else "none"
         self.report(path, f"unknown team {name!r}{_aside(did_you_mean(name, existing))}; the teams that exist are "
                           f"{teams}; add it under teams: or with "
                           f"`wfctl team add {name} --member AGENT --strategy round-robin`")
+
+
+    def check_config_team_members(self, name: str, path: str) -> None:
+        team = self.config_teams.get(name)
+        members = team.get("members") if isinstance(team, dict) else None
+        if self.known_agents is None or not isinstance(members, list):
+            return
+        known = self.workflow_agents | self.known_agents | set(spec.BUILTIN_AGENTS)
+        for member in members:
+            if isinstance(member, str) and member not in known:
+                self.report(path, f"team {name!r} (from config.toml) has the member {member!r}, which is not an "
+                                  f"agent{_aside(did_you_mean(member, sorted(known)))}; the agents that exist are "
+                                  f"{_listing(sorted(known))}")
 
 
 class _StepInfo:
