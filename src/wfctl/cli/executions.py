@@ -70,7 +70,7 @@ def _decode_input(data: bytes, source: str) -> str:
         raise UsageError(f"{source} is larger than {MAX_INPUT_BYTES} bytes; --input is limited to 1 MiB "
                          "(pass large data through a file that a step reads).")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")  # a BOM is accepted, as in workflow files
     except UnicodeDecodeError as err:
         raise UsageError(f"{source} is not valid UTF-8 (byte offset {err.start}).") from None
 
