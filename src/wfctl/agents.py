@@ -86,11 +86,15 @@ class AttemptContext:
 
     @property
     def log_path(self) -> Path:
-        return self.log_dir / f"{self.step_key}.log"
+        from wfctl.store import step_file
+
+        return step_file(self.log_dir, self.step_key, ".log")
 
     @property
     def output_path(self) -> Path:
-        return self.log_dir / f"{self.step_key}.out"
+        from wfctl.store import step_file
+
+        return step_file(self.log_dir, self.step_key, ".out")
 
     @property
     def idempotency_key(self) -> str:

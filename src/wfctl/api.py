@@ -77,8 +77,32 @@ def validate(path: str | os.PathLike, *, check_agents: bool = False) -> list[Pro
     return []
 
 
-def _known(config: Config) -> tuple[set[str], set[str]]:
-    return set(config.agents), set(config.teams)
+def warnings(source: str | os.PathLike | Mapping, *, check_config: bool = True) -> list[Problem]:
+    """What a valid workflow asks for but cannot have (an escalation without escalateTo,
+    notifyOnError without a target, a Slack or email target config.toml cannot serve).
+    Never raises for a file `validate` accepts; config.toml is left out when it cannot be read."""
+    from wfctl.errors import WfctlError
+    from wfctl.loader import load_document
+    from wfctl.validate import workflow_warnings
+
+    if isinstance(source, Mapping):
+        doc, lines, file = dict(source), {}, "<api>"
+    else:
+        doc, lines = load_document(source)
+        file = os.fspath(source)
+    config_data = None
+    if check_config:
+        try:
+            config_data = Config().data
+        except WfctlError:
+            config_data = None  # its problems are reported by the commands that use it
+    return workflow_warnings(doc, file=file, lines=lines, config=config_data)
+
+
+def _known(config: Config) -> tuple[set[str], dict[str, dict]]:
+    """The agents of config.toml, and its teams with their definitions (whose members a
+    workflow that uses them must be able to reach)."""
+    return set(config.agents), dict(config.teams)
 
 
 def _load_definition(source: str | os.PathLike | Mapping) -> tuple[dict, Path | None]:
@@ -116,7 +140,7 @@ def list(  # noqa: A001 - the seed's SDK calls it list
     *,
     status: str | None = None,
     category: str | None = None,
-    page: int = 1,
+    page: int | None = None,
     size: int | None = None,
     limit: int | None = None,
     offset: int | None = None,

@@ -17,7 +17,7 @@ import time
 from collections import ChainMap
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from wfctl import faults
 from wfctl.agents import AttemptContext, Outcome, failure, plain_text, run_agent
@@ -847,27 +847,39 @@ class Engine:
             return None
         return f"the items read '{echoed}', an echoed output of this dry run: the body is shown once, with item null."
 
-    def _loop_items(self, step: dict, frame: Frame) -> list:
+    def _loop_items(self, step: dict, frame: Frame) -> Sequence:
+        """What a loop runs over: a list, or a `range` for a count (never built as a list).
+
+        An expression's result is bounded at run time as a literal is at validation: at
+        most spec.MAX_LOOP_ITEMS iterations, each of which becomes a record.
+        """
         from wfctl.expressions import parse
+        from wfctl.spec import MAX_LOOP_ITEMS, describe_value
 
         if self._undecided_items(step, frame) is not None:
             return [None]
         items = step.get("items")
         if isinstance(items, bool):
             raise ExpressionError("loop items must be a list, a count or an expression, not a boolean.")
-        if isinstance(items, int):
-            return list(range(items))
-        if isinstance(items, list):
-            return items
-        value = parse(str(items)).evaluate(self._scope(frame))
-        if isinstance(value, bool):
-            raise ExpressionError(f"loop items '{items}' is a boolean, not a list.")
+        if isinstance(items, (int, list)):
+            value: Any = items
+        else:
+            value = parse(str(items)).evaluate(self._scope(frame))
+            if isinstance(value, bool):
+                raise ExpressionError(f"loop items '{items}' is a boolean, not a list.")
+            if isinstance(value, dict):
+                value = [{"key": k, "value": v} for k, v in value.items()]
+            elif isinstance(value, float) and value.is_integer():
+                value = int(value)
         if isinstance(value, int):
-            return list(range(value))
-        if isinstance(value, dict):
-            return [{"key": k, "value": v} for k, v in value.items()]
-        if not isinstance(value, list):
-            raise ExpressionError(f"loop items '{items}' is {type(value).__name__}, not a list.")
+            if value < 0:
+                raise ExpressionError(f"loop items '{items}' is {value}; a count cannot be negative.")
+            value = range(value)
+        if not isinstance(value, (list, range)):
+            raise ExpressionError(f"loop items '{items}' is {describe_value(value)}, not a list or a count.")
+        if len(value) > MAX_LOOP_ITEMS:
+            raise ExpressionError(f"loop items '{items}' has {len(value):,} items; a loop runs at most "
+                                  f"{MAX_LOOP_ITEMS:,} (split the work, or loop over batches).")
         return value
 
     def _run_loop(self, step: dict, key: str, frame: Frame):
@@ -884,7 +896,7 @@ class Engine:
             )
             return self._run_step(body, child)
 
-        thunks = [lambda p=p, i=i: iteration(p, i) for p, i in enumerate(items)]
+        thunks = _Thunks(items, iteration)  # made one at a time, as iterations start
         limit = int(step.get("maxConcurrency") or 1)
         results = self._run_many(thunks, limit)
         ok = all(result is not None and result[0] for result in results)
@@ -970,3 +982,19 @@ def _render(text: str, scope: Mapping) -> str:
     if template.is_static:
         return text
     return template.render(scope)
+
+
+class _Thunks(Sequence):
+    """The iterations of a loop as a sequence of thunks, each made when it is taken: a loop
+    over a large count holds no list of a million closures before its first item runs."""
+
+    def __init__(self, items: Sequence, run: Callable[[int, Any], tuple[bool, Any]]) -> None:
+        self._items = items
+        self._run = run
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, position):  # type: ignore[override]
+        item = self._items[position]
+        return lambda: self._run(position, item)

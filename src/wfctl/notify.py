@@ -48,6 +48,7 @@ __all__ = [
     "slack_payload",
     "summary",
     "targets_from",
+    "undelivered",
     "wanted",
 ]
 
@@ -197,6 +198,40 @@ def _now_iso() -> str:
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- reporting upward ------------------------------------------------------------------------
+def undelivered(document: dict) -> list[str]:
+    """What did not reach anyone, one line per failing target and one for the escalation:
+    for stderr at the end of a run and for `wfctl execution` (the record keeps every result).
+
+    Results of one target that failed the same way for several events make one line.
+    """
+    lines: list[str] = []
+    grouped: dict[tuple, list[str]] = {}
+    for result in document.get("notifications") or []:
+        if not isinstance(result, dict) or result.get("ok"):
+            continue
+        key = (result.get("transport"), result.get("target"), result.get("error"))
+        events = grouped.setdefault(key, [])
+        if result.get("event") not in events:
+            events.append(result.get("event"))
+    for (transport, target, error), events in grouped.items():
+        where = f"{transport} {target}".strip() if target else str(transport)
+        what = ", ".join(str(e) for e in events if e)
+        lines.append(f"notification ({what}) to {where} was not delivered: {_one_line(error) or 'no detail'}")
+    escalation = document.get("escalation")
+    if document.get("escalated") and isinstance(escalation, dict):
+        step = escalation.get("step")
+        if not escalation.get("agent"):
+            lines.append(f"step {step} was escalated, but its errorHandling has no escalateTo: nobody received "
+                         "the escalation")
+        elif escalation.get("ok") is False:
+            error = escalation.get("error")
+            message = error.get("message") if isinstance(error, dict) else error
+            lines.append(f"the escalation of step {step} to agent '{escalation['agent']}' failed: "
+                         f"{_one_line(message) or 'no detail'}")
+    return lines
 
 
 # -- formats ---------------------------------------------------------------------------------

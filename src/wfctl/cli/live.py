@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from wfctl.render import event_line, execution_table
+from wfctl.render import event_line, execution_table, terminal_safe
 
 REFRESH_SECONDS = 0.1
 
@@ -26,7 +26,7 @@ class PlainProgress:
 
     def start(self, document: dict) -> None:
         scheduled = f" · scheduled for {document['scheduledAt']}" if document.get("scheduledAt") else ""
-        sys.stderr.write(f"{document['executionId']} started · {document.get('workflowName')}{scheduled}\n")
+        sys.stderr.write(f"{document['executionId']} started · {terminal_safe(document.get('workflowName'))}{scheduled}\n")
         sys.stderr.flush()
 
     def __call__(self, event: dict, state: Any) -> None:
