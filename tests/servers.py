@@ -34,7 +34,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Generic, Iterator, TypeVar
 
-__all__ = ["HTTPRecorder", "Mail", "Recorded", "Request", "SMTPRecorder", "http_server", "smtp_server"]
+__all__ = [
+    "HTTPRecorder", "Mail", "Recorded", "Request", "SMTPRecorder", "Trickler", "http_server", "smtp_server",
+    "trickle_server",
+]
 
 T = TypeVar("T")
 
@@ -138,6 +141,79 @@ def http_server(status: int = 200, body: Any = b"ok") -> Iterator[HTTPRecorder]:
     try:
         yield recorder
     finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+# -- a slow HTTP server ----------------------------------------------------------------------
+class Trickler(Recorded[bytes]):
+    """What `trickle_server()` yields: the request heads received (one item per request)."""
+
+    what = "requests"
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.stop = threading.Event()  # set to end every answer being trickled
+
+
+@contextmanager
+def trickle_server(body: bytes = b"x" * 600, *, headers_too: bool = False, pause: float = 0.2,
+                   piece: int = 1) -> Iterator[Trickler]:
+    """An HTTP server on 127.0.0.1:0 that answers 200 with `body` (Content-Length set), but
+    `piece` bytes at a time with `pause` seconds between pieces: each socket read of the
+    client gets data in time, so only a deadline over the whole request can end it. With
+    `headers_too` the status line and headers come that way as well. The pacing ends when
+    the client goes away or the context exits."""
+    recorder: Trickler
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                line = self.rfile.readline(65536)
+                if not line:
+                    return
+                head += line
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip() or 0)
+            self.rfile.read(length)
+            recorder._add(head)
+            top = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                   + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+            try:
+                if headers_too:
+                    self._trickle(top)
+                else:
+                    self.wfile.write(top)
+                self._trickle(body)
+            except OSError:  # the client gave up: that is what the tests want
+                return
+
+        def _trickle(self, data: bytes) -> None:
+            for start in range(0, len(data), piece):
+                if recorder.stop.wait(pause):
+                    return
+                self.wfile.write(data[start:start + piece])
+                self.wfile.flush()
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    server = Server(("127.0.0.1", 0), Handler)
+    recorder = Trickler(server.server_address[1])
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="test-trickle", daemon=True)
+    thread.start()
+    try:
+        yield recorder
+    finally:
+        recorder.stop.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)

@@ -459,6 +459,151 @@ def test_a_worker_killed_mid_step_is_an_infrastructure_failure_retried_elsewhere
     cluster.client.wait_for_workers(2, timeout=WAIT)  # the nanny brings the worker back
 
 
+def kill_the_worker_of_attempt(cluster, attempts: Path, number: int) -> tuple[str, list[int]]:
+    """Wait for attempt `number` of a step to start on a worker, then SIGKILL that worker
+    process mid-step. Returns the dead worker's address and the step's pids to clean up."""
+    line = read_when_written(attempts, number)[number - 1].split()
+    assert line[0] == str(number), line
+    shell, worker = int(line[1]), int(line[2])
+    by_pid = {pid: address for address, pid in worker_pids(cluster).items()}
+    dead = by_pid[worker]
+    os.kill(worker, signal.SIGKILL)
+    return dead, [shell]
+
+
+LOST_ONCE = """\
+    name: fragile
+    steps:
+      - id: fragile
+        run: |
+          echo "$WFCTL_ATTEMPT $$ $PPID $WFCTL_EXECUTION_ID" >> {attempts}
+          if [ "$WFCTL_ATTEMPT" -le {hang_until} ]; then sleep 60; fi
+          echo "done on attempt $WFCTL_ATTEMPT"
+"""
+
+
+def test_a_killed_worker_is_run_again_by_default_without_a_retry_policy(cluster, wfctl, wfctl_json, workflow_file, tmp_path):
+    attempts = tmp_path / "attempts"
+    path = workflow_file(LOST_ONCE.format(attempts=q(attempts), hang_until=1))
+    runner = spawn("execute", path, "--executor", cluster.address, "-q")
+    leftovers: list[int] = []
+    try:
+        dead, leftovers = kill_the_worker_of_attempt(cluster, attempts, 1)
+        code, _out, err = finish(runner, timeout=45)
+        assert code == 0, err  # no errorHandling: infrastructure failures are retried anyway
+    finally:
+        for pid in leftovers:
+            kill_leftover(pid)
+    execution_id = attempts.read_text().split()[3]
+    record = record_of(wfctl_json("execution", execution_id), "fragile")
+    assert record["status"] == "completed" and record["output"] == "done on attempt 2"
+    first, second = record["attempts"]
+    assert first["status"] == "failed" and first["error"]["infrastructure"] is True
+    assert first["retryIn"] == 0 and attempt_worker(first) == dead
+    assert second["status"] == "completed" and second["worker"] != dead
+    assert [line.split()[0] for line in attempts.read_text().splitlines()] == ["1", "2"]
+    cluster.client.wait_for_workers(2, timeout=WAIT)  # the nanny brings the worker back
+
+
+def test_infrastructure_retries_are_bounded_and_then_the_step_fails_as_before(
+    cluster, wfctl, wfctl_json, workflow_file, tmp_path
+):
+    config = Path(os.environ["WFCTL_CONFIG"])
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("[defaults]\ninfrastructure_retries = 1\n")
+    attempts = tmp_path / "attempts"
+    path = workflow_file(LOST_ONCE.format(attempts=q(attempts), hang_until=2))
+    runner = spawn("execute", path, "--executor", cluster.address, "-q")
+    leftovers: list[int] = []
+    try:
+        first_dead, pids = kill_the_worker_of_attempt(cluster, attempts, 1)
+        leftovers += pids
+        second_dead, pids = kill_the_worker_of_attempt(cluster, attempts, 2)
+        leftovers += pids
+        code, _out, err = finish(runner, timeout=60)
+    finally:
+        for pid in leftovers:
+            kill_leftover(pid)
+    assert code == 1, err
+    execution_id = attempts.read_text().split()[3]
+    document = wfctl_json("execution", execution_id)
+    record = record_of(document, "fragile")
+    assert record["status"] == "failed" and record["error"]["infrastructure"] is True
+    assert f"worker {second_dead} died" in record["error"]["message"]
+    assert [attempt_worker(attempt) for attempt in record["attempts"]] == [first_dead, second_dead]
+    assert [line.split()[0] for line in attempts.read_text().splitlines()] == ["1", "2"]
+    cluster.client.wait_for_workers(2, timeout=WAIT)
+
+
+PY_ON_CLUSTER = """\
+    import sys
+
+    def leave(context):
+        print("leaving now")
+        sys.exit(3)
+
+    def nan(context):
+        return {"a": [1, float("nan")]}
+
+    def pair_key(context):
+        return {"ok": {(1, 2): "pair"}}
+
+    def deep(context):
+        value = 1
+        for _ in range(980):
+            value = [value]
+        return value
+
+    def big(context):
+        return {"rows": ["r" * 100] * 5000}
+"""
+
+
+@pytest.mark.parametrize(
+    "function, message",
+    [
+        ("leave", "SystemExit: the agent called sys.exit(3)"),
+        ("nan", "returned a value that is not JSON data: $.a[1] is NaN, which is not a JSON number."),
+        ("pair_key", "returned a value that is not JSON data: $.ok has the key (1, 2) (a tuple); JSON keys are strings."),
+        ("deep", "returned a value that is not JSON data: $"),
+    ],
+)
+def test_a_python_agent_on_the_cluster_fails_as_it_would_locally(cluster, wfctl, wfctl_json, workflow_file, tmp_path, function, message):
+    (tmp_path / "wfctl_test_remote.py").write_text(textwrap.dedent(PY_ON_CLUSTER))
+    path = workflow_file(f"""\
+        name: remote-{function.replace('_', '-')}
+        agents:
+          py: {{python: "wfctl_test_remote:{function}"}}
+        steps:
+          - id: call
+            agent: py
+            task: t
+    """)
+    result = wfctl("execute", path, "--executor", cluster.address, "--json", code=1, cwd=tmp_path)
+    record = record_of(json.loads(result.stdout), "call")
+    assert record["status"] == "failed" and message in record["error"]["message"], record["error"]
+    assert "leaving now" not in result.stdout + result.stderr
+    if function == "leave":
+        assert "leaving now" in wfctl("logs", json.loads(result.stdout)["executionId"], "call").stdout
+
+
+def test_a_large_python_result_on_the_cluster_is_capped_with_the_whole_in_the_log(cluster, wfctl, wfctl_json, workflow_file, tmp_path):
+    (tmp_path / "wfctl_test_remote.py").write_text(textwrap.dedent(PY_ON_CLUSTER))
+    path = workflow_file("""\
+        name: remote-big
+        agents:
+          py: {python: "wfctl_test_remote:big"}
+        steps:
+          - id: call
+            agent: py
+            task: t
+    """)
+    document = wfctl_json("execute", path, "--executor", cluster.address, cwd=tmp_path)
+    full = json.dumps({"rows": ["r" * 100] * 5000}, separators=(",", ":"))
+    assert record_of(document, "call")["output"] == full[: 256 * 1024] + f"\n[output truncated: {len(full)} bytes in all; see wfctl logs]"
+    assert full in wfctl("logs", document["executionId"], "call").stdout
+
+
 def test_resume_after_the_local_runner_is_killed(cluster, wfctl, wfctl_json, workflow_file, tmp_path):
     starts = tmp_path / "starts"
     path = workflow_file(f"""\

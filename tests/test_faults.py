@@ -267,3 +267,58 @@ def test_an_interrupted_execution_reads_cleanly(tmp_path, counter):
     text = wfctl("execution", the_execution()).stdout
     assert "status interrupted" in text
     assert "None" not in text, text  # e.g. "completed None" for an execution that has not completed
+
+
+# -- the disk fills while a step prints (issue 11, item 11) ---------------------------------------
+# s2 records its pid, then (first attempt only) prints a line every 0.05 s for 20 s.
+PRINTING_S2 = (
+    'echo $$ > "$COUNTER.s2-pid"; '
+    'if [ "$WFCTL_ATTEMPT" = 1 ]; then i=0; while [ $i -lt 400 ]; do echo "line $i"; sleep 0.05; i=$((i+1)); done; fi'
+)
+# Log writes: s1's header (1) and footer (2, s1 prints nothing), s2's header (3), s2's
+# first line (4). (fault, the step the run stops at, whether that step's process started)
+LOG_FAULTS = [("enospc-log:4", "s2", True), ("enospc-log:3", "s2", False), ("enospc-log:1", "s1", False)]
+
+
+@pytest.mark.parametrize("fault, stopped_at, spawned", LOG_FAULTS, ids=[f[0] for f in LOG_FAULTS])
+def test_a_step_log_that_cannot_be_written_stops_the_run_and_its_process(tmp_path, counter, fault, stopped_at, spawned):
+    import time
+
+    from lifecycle_helpers import pid_alive, wait_for
+
+    began = time.monotonic()
+    result = execute_with_fault(four_steps(tmp_path, PRINTING_S2), fault)
+    elapsed = time.monotonic() - began
+    assert result.returncode == 1, result
+    execution_id = the_execution()
+    exec_dir = execution_dir(execution_id)
+    log = exec_dir / "logs" / f"{stopped_at}.log"
+
+    # One sentence: the file, the error, where the run stopped, how to go on.
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    message = lines[0]
+    assert message.startswith("wfctl: error: ") and "internal error" not in message, message
+    assert "Traceback" not in result.stderr
+    assert str(log) in message and "No space left on device" in message, message
+    assert re.search(rf"stopped at step {stopped_at}\b", message.replace(str(log), "")), message
+    assert "wfctl resume" in message, message
+
+    # The printing step did not run on: its process group was terminated, not waited for.
+    assert elapsed < 15, f"wfctl took {elapsed:.1f}s: it waited for the step"
+    pid_file = Path(str(counter) + ".s2-pid")
+    if spawned:
+        pid = int(pid_file.read_text())
+        wait_for(lambda: not pid_alive(pid), timeout=10, what=f"s2's process {pid} to be gone")
+    else:
+        assert not pid_file.exists(), "the step started although its log could not be written"
+    # No step started after it; the record reads; the run is resumable.
+    ran = ["s1", "s2"] if spawned else (["s1"] if stopped_at == "s2" else [])
+    assert sorted(runs(counter)) == ran
+    for step in STEPS[STEPS.index(stopped_at) + 1:]:
+        assert not (exec_dir / "logs" / f"{step}.log").exists(), f"{step} started after the disk error"
+    journal_events(execution_id)
+    assert wfctl_json("execution", execution_id)["status"] == "interrupted"
+
+    resume_completes(execution_id)
+    assert runs(counter) == Counter({"s1": 1, "s2": 2 if spawned else 1, "s3": 1, "s4": 1})

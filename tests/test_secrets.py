@@ -187,7 +187,8 @@ def test_a_failing_step_that_prints_its_secret_is_masked_in_the_error_everywhere
     """))
     result = subprocess.run(["wfctl", "execute", str(path)], capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 1
-    assert b"denied ***" in result.stderr  # the failure is reported, masked
+    # The failure is reported with stderr's last line (issue 11, item 21), masked.
+    assert b"exited with code 3: login failed for ***" in result.stderr
     assert_nowhere(result.stdout + result.stderr, "wfctl execute's output", TOKEN)
     execution_id = wfctl_json("executions")["elements"][0]["executionId"]
     document = wfctl_json("execution", execution_id, code=0)
@@ -285,6 +286,10 @@ BAD = [
     ("missing-file", "TOKEN: {file: no-such-token.txt}", "no-such-token.txt"),
     ("too-short", "TOKEN: {env: SHORT_TOKEN}", "shorter than 4 characters"),
     ("too-short-file", "TOKEN: {file: short.txt}", "shorter than 4 characters"),
+    # Files that are not one value: never blocked on, never read without a bound.
+    ("fifo-file", "TOKEN: {file: token.fifo}", "it is a FIFO, not a regular file"),
+    ("device-file", "TOKEN: {file: /dev/zero}", "it is a character device, not a regular file"),
+    ("huge-file", "TOKEN: {file: huge.txt}", "larger than 64 KiB"),
 ]
 
 
@@ -293,6 +298,8 @@ def test_a_secret_that_cannot_be_had_stops_before_anything_is_written(tmp_path, 
     monkeypatch.delenv("WFCTL_TEST_UNSET_VARIABLE", raising=False)
     monkeypatch.setenv("SHORT_TOKEN", "abc")
     (tmp_path / "short.txt").write_text("abc\n")
+    os.mkfifo(tmp_path / "token.fifo")
+    (tmp_path / "huge.txt").write_text("k" * (65 * 1024))
     # A data directory with history in it, to show that nothing is added or changed.
     wfctl("execute", _write(tmp_path, "before.yaml", "name: before\nsteps:\n  - id: a\n    run: echo hi\n"), "-q")
     before = tree_snapshot(home())

@@ -44,7 +44,14 @@ from wfctl.model import (
     build_workflow,
     now_iso,
 )
-from wfctl.record import ExecutionState, new_document, read_journal, walk
+from wfctl.record import (
+    ExecutionState,
+    apply_events,
+    new_document,
+    read_journal,
+    state_from_snapshot,
+    walk,
+)
 from wfctl.registry import Registry, paginate, present
 from wfctl.store import Store, check_execution_id, check_step_key, new_id, read_bytes_nofollow
 
@@ -82,8 +89,32 @@ def validate(path: str | os.PathLike, *, check_agents: bool = False) -> list[Pro
     return []
 
 
-def _known(config: Config) -> tuple[set[str], set[str]]:
-    return set(config.agents), set(config.teams)
+def warnings(source: str | os.PathLike | Mapping, *, check_config: bool = True) -> list[Problem]:
+    """What a valid workflow asks for but cannot have (an escalation without escalateTo,
+    notifyOnError without a target, a Slack or email target config.toml cannot serve).
+    Never raises for a file `validate` accepts; config.toml is left out when it cannot be read."""
+    from wfctl.errors import WfctlError
+    from wfctl.loader import load_document
+    from wfctl.validate import workflow_warnings
+
+    if isinstance(source, Mapping):
+        doc, lines, file = dict(source), {}, "<api>"
+    else:
+        doc, lines = load_document(source)
+        file = os.fspath(source)
+    config_data = None
+    if check_config:
+        try:
+            config_data = Config().data
+        except WfctlError:
+            config_data = None  # its problems are reported by the commands that use it
+    return workflow_warnings(doc, file=file, lines=lines, config=config_data)
+
+
+def _known(config: Config) -> tuple[set[str], dict[str, dict]]:
+    """The agents of config.toml, and its teams with their definitions (whose members a
+    workflow that uses them must be able to reach)."""
+    return set(config.agents), dict(config.teams)
 
 
 def _load_definition(source: str | os.PathLike | Mapping) -> tuple[dict, Path | None]:
@@ -121,7 +152,7 @@ def list(  # noqa: A001 - the seed's SDK calls it list
     *,
     status: str | None = None,
     category: str | None = None,
-    page: int = 1,
+    page: int | None = None,
     size: int | None = None,
     limit: int | None = None,
     offset: int | None = None,
@@ -219,13 +250,19 @@ def prepare(
     notify: Mapping[str, str] | None = None,
     executor: str | None = None,
     fail_fast: bool = False,
+    trigger: str = "manual",
+    scheduled_at: str | None = None,
+    execution_id: str | None = None,
 ) -> str:
     """Check everything and write a new execution, `pending`; returns its id.
 
     Nothing is written when the workflow, its agents, the input or the executor
     (`local`, or `dask://HOST:PORT`; default: `executor` in config.toml) are wrong.
     The options (dry run, notifications, executor, fail-fast) are kept with the
-    execution, so that resume and retry run it the same way.
+    execution, so that resume and retry run it the same way. `trigger` and
+    `scheduled_at` record who started it (the scheduler passes "schedule" and the run
+    time); the scheduler also chooses the id beforehand, so that it can tell after a
+    crash whether the execution was made.
     """
     from wfctl.executors import open_executor
     from wfctl.store import write_json_atomic
@@ -256,6 +293,7 @@ def prepare(
         if problems:
             raise WorkflowInvalid(problems)
     run_input = check_execution_input(definition, dict(input or {}), file=name)
+    infrastructure_retries(config)  # a wrong value: exit 2, nothing written
     address = executor or config.data.get("executor") or "local"
     open_executor(address).close()  # an executor that cannot be reached: exit 2, nothing written
     from wfctl.masking import resolve
@@ -267,7 +305,7 @@ def prepare(
     if record is None:
         record, _ = registry.register(definition, source=source, update=True, workflow=model)
 
-    execution_id = new_id("exec")
+    execution_id = check_execution_id(execution_id) if execution_id else new_id("exec")
     exec_dir = store.create_execution_dir(execution_id)
     options = {
         "dryRun": dry_run,
@@ -292,6 +330,8 @@ def prepare(
         workflow_id=record["workflowId"],
         input=run_input,
         priority=priority,
+        trigger=trigger,
+        scheduled_at=scheduled_at,
     )
     if dry_run:
         document["dryRun"] = True
@@ -354,14 +394,13 @@ def start_detached(execution_id: str, *, wait: float = 30.0, resume: bool = Fals
     from wfctl.errors import StoreError
     from wfctl.runner import runner_alive
 
-    from wfctl.store import open_append
-
     store = _store()
     exec_dir = store.execution_dir(execution_id)
     # A resumed execution has started before: it counts as started again once its
     # status is running and the new runner has written (the journal grows).
     before = get_execution(execution_id).get("startedAt") if not resume else object()
-    with open_append(exec_dir / "runner.log") as log:
+    log = _open_runner_log(exec_dir / "runner.log")
+    try:
         child = subprocess.Popen(
             [sys.executable, "-m", "wfctl", "_run", execution_id, *(["--resume"] if resume else [])],
             stdin=subprocess.DEVNULL,
@@ -370,6 +409,8 @@ def start_detached(execution_id: str, *, wait: float = 30.0, resume: bool = Fals
             start_new_session=True,  # no SIGHUP when the terminal closes
             close_fds=True,
         )
+    finally:
+        os.close(log)
     journal = store.journal_path(execution_id)
     queued = exec_dir / "queued"
 
@@ -387,11 +428,36 @@ def start_detached(execution_id: str, *, wait: float = 30.0, resume: bool = Fals
             return False
         return document.get("status") in ("running", "paused") and (document.get("startedAt") != before)
 
-    wait_until(started, wait)
+    wait_until(started, wait)  # bounded: the runner is never waited for past `wait`
     if child.poll() is not None and child.returncode != 0 and not journal.exists():
-        detail = (exec_dir / "runner.log").read_text(errors="replace").strip().splitlines()
+        detail = _runner_log_tail(exec_dir / "runner.log").strip().splitlines()
         raise StoreError(f"the background run of {execution_id} did not start: {detail[-1] if detail else 'no output'}")
     return get_execution(execution_id)
+
+
+def _open_runner_log(path: Path) -> int:
+    """The detached runner's log (0600, appended): only a regular file, opened without
+    blocking, so a FIFO put in its place cannot hang `execute --detach` or `resume`."""
+    from wfctl.errors import StoreError
+    from wfctl.stepfiles import NotRegularFile, describe_error, open_regular
+    from wfctl.store import ensure_dir
+
+    ensure_dir(path.parent)
+    try:
+        return open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except NotRegularFile as err:
+        raise StoreError(f"{path} is {err.kind}, not a regular file; wfctl does not write its runner's log there.") from None
+    except OSError as err:
+        raise StoreError(f"cannot open {path}: {describe_error(err)}.") from None
+
+
+def _runner_log_tail(path: Path) -> str:
+    from wfctl.stepfiles import read_tail
+
+    try:
+        return read_tail(path, 4096).decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 NICE_FOR_PRIORITY = {"low": 10, "normal": 0, "high": 0}
@@ -408,11 +474,18 @@ def _run_options(config: Config, options: dict, document: dict, **listeners: Any
         fail_fast=bool(options.get("failFast")),
         notify=dict(options.get("notify") or {}),
         max_concurrency=int(config.default("max_concurrency") or 4),
+        infrastructure_retries=infrastructure_retries(config),
         agents=dict(config.agents),
         teams=dict(config.teams),
         config=config.data,
         **listeners,
     )
+
+
+def infrastructure_retries(config: Config) -> int:
+    """`defaults.infrastructure_retries`: how often an attempt a Dask worker's death cost
+    is run again (0 or more; config.toml's validation has checked its type)."""
+    return int(config.default("infrastructure_retries"))
 
 
 def retry_step(
@@ -554,19 +627,27 @@ def load_execution_state(execution_id: str) -> tuple[ExecutionState, int]:
     store = _store()
     check_execution_id(execution_id)
     snapshot = store.load_snapshot(execution_id)
-    state = ExecutionState(snapshot)
+    state = state_from_snapshot(snapshot, source=str(store.execution_dir(execution_id) / "execution.json"))
     journal = store.journal_path(execution_id)
-    offset = int(snapshot.get("journalOffset") or 0)
+    offset = _journal_offset(snapshot, journal)
     try:
         tail = read_bytes_nofollow(journal, offset=offset)
     except FileNotFoundError:
         tail = b""
-    events, intact = read_journal(tail, source=str(journal), first_line=_line_at(journal, offset))
-    for event in events:
-        state.apply(event)
+    first_line = _line_at(journal, offset)
+    events, intact = read_journal(tail, source=str(journal), first_line=first_line)
+    apply_events(state, events, source=str(journal), first_line=first_line)
     if state.document.get("status") in LIVE and not runner_alive(store, execution_id):
         state.mark_interrupted()
     return state, offset + intact
+
+
+def _journal_offset(snapshot: dict, journal: Path) -> int:
+    """Where the journal goes on after the snapshot (a whole number), or StoreError."""
+    offset = snapshot.get("journalOffset") or 0
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise StoreError(f"the snapshot next to {journal} has no usable journalOffset ({offset!r}).")
+    return offset
 
 
 def _line_at(path: Path, offset: int) -> int:
@@ -649,7 +730,11 @@ def summary(document: dict) -> dict:
         "priority": document.get("priority"),
         "startedAt": document.get("startedAt"),
         "completedAt": document.get("completedAt"),
+        # Executions from before schedules existed have no trigger: they were manual.
+        "trigger": document.get("trigger") or "manual",
     }
+    if document.get("scheduledAt"):
+        element["scheduledAt"] = document["scheduledAt"]
     if document.get("dryRun"):
         element["dryRun"] = True
     return element
@@ -922,6 +1007,7 @@ def watch(
     if on_start is not None:
         on_start(state.document)
     journal = store.journal_path(execution_id)
+    line = _line_at(journal, offset)  # of the next whole line, for messages
     buffer = b""
     while state.document.get("status") not in ENDED:
         alive = runner_alive(store, execution_id)
@@ -933,11 +1019,12 @@ def watch(
         buffer += chunk
         complete, _, buffer = buffer.rpartition(b"\n")
         if complete:
-            events, _ = read_journal(complete + b"\n", source=str(journal))
-            for event in events:
-                state.apply(event)
+            events, _ = read_journal(complete + b"\n", source=str(journal), first_line=line)
+            for number, event in enumerate(events, start=line):
+                apply_events(state, [event], source=str(journal), first_line=number)
                 if on_event is not None:
                     on_event(event, state)
+            line += len(events)
         if not chunk and not alive:
             if state.document.get("status") not in TERMINAL:
                 state.mark_interrupted()
@@ -1062,6 +1149,8 @@ def traces(workflow: str, *, page: int = 1, size: int | None = None) -> dict:
         element = {key: trace.get(key) for key in ("id", "workflow_id", "uuid", "run_date", "status")}
         if trace.get("dryRun"):
             element["dryRun"] = True
+        if trace.get("trigger") == "schedule":  # manual runs keep the seed's exact shape
+            element.update(trigger="schedule", scheduled_at=trace.get("scheduled_at"))
         elements.append(element)
     return paginate("WorkflowTrace", elements, page=page, size=size, default_size=50)
 

@@ -20,6 +20,7 @@ from wfctl.agents import AttemptContext, Outcome, failure
 from wfctl.depends import Outcome as ListOutcome
 from wfctl.errors import ExpressionError
 from wfctl.model import Step, StepStatus, named, step_key
+from wfctl.results import settle
 from wfctl.retry import Policy, backoff_delay
 from wfctl.runstate import Frame, Result, RunContext
 
@@ -81,6 +82,7 @@ class AttemptRunner:
         deferred: dict | None = None
         retry_stopped: str | None = None  # why a failed attempt was not retried, when the policy allowed more
         awaited = ""  # the retry being waited for, in words
+        lost = 0  # attempts lost to the infrastructure and run again
         while True:
             if frame.scope.aborted():
                 if outcome is None:
@@ -111,18 +113,22 @@ class AttemptRunner:
             if deferred is not None:
                 run.emit(deferred)  # a failed attempt is recorded in full
                 deferred = None
+            if self._retries_infrastructure(outcome, lost, frame):
+                # The cluster lost the attempt, the step did not fail: run it again at
+                # once (the scheduler places it on a live worker), not counting it
+                # against the step's own retry policy.
+                lost += 1
+                self._attempt_failed(key, attempt, outcome, attempt_started, 0.0)
+                continue
             kind = outcome.error["kind"] if outcome.error else "failed"
-            tries = attempt - first_attempt + 1
+            tries = attempt - first_attempt + 1 - lost  # the attempts the policy counts
             if frame.scope.aborted() or kind == "cancelled" or tries >= policy.attempts:
                 break
             wait = backoff_delay(policy, tries)
             retry_stopped = why_no_retry(policy, kind, outcome.exit_code, tries, clock.monotonic() - started, wait)
             if retry_stopped is not None:
                 break
-            run.emit(events.attempt_failed(
-                run.now(), key, attempt, exit_code=outcome.exit_code, error=outcome.error,
-                attempt_duration=clock.monotonic() - attempt_started, retry_in=wait, worker=outcome.worker,
-            ))
+            self._attempt_failed(key, attempt, outcome, attempt_started, wait)
             awaited = f"the wait before retry {tries} (attempt {attempt + 1}) of step '{key}'"
             run.wait(wait, frame.scope, key, awaited)
         return self._finish(step, key, policy, outcome, attempt, parent, member_of, started, attempt_started,
@@ -170,6 +176,21 @@ class AttemptRunner:
         error["attempts"] = attempt
         return False, None, error
 
+    def _retries_infrastructure(self, outcome: Outcome, lost: int, frame: Frame) -> bool:
+        """Is this failed attempt one the infrastructure lost (a Dask worker died under
+        it), to be run again? At most settings.infrastructure_retries times per step."""
+        if frame.scope.aborted() or not outcome.error or not outcome.error.get("infrastructure"):
+            return False
+        return lost < self.run.settings.infrastructure_retries
+
+    def _attempt_failed(self, key: str, attempt: int, outcome: Outcome, attempt_started: float, wait: float) -> None:
+        """A failed attempt that another one follows, `wait` seconds later."""
+        run = self.run
+        run.emit(events.attempt_failed(
+            run.now(), key, attempt, exit_code=outcome.exit_code, error=outcome.error,
+            attempt_duration=run.clock.monotonic() - attempt_started, retry_in=wait, worker=outcome.worker,
+        ))
+
     @staticmethod
     def mark_failure(event: dict, policy: Policy) -> None:
         """Failure events say what happens next, for the record and for notifications."""
@@ -211,11 +232,13 @@ class AttemptRunner:
         ctx.agent_name = getattr(step, "agent", None)
         executor = self.run.settings.executor
         if "run" not in agent:
-            return executor.run(agent, ctx)
+            return settle(executor.run(agent, ctx), ctx, agent)
         # Each running command holds a few file descriptors: however high maxConcurrency
         # is, no more start at once than the descriptor limit allows.
         with self._spawn_slots:
-            return executor.run(agent, ctx)
+            outcome = executor.run(agent, ctx)
+        # The result becomes the state and the record's: checked and capped here, for every kind.
+        return settle(outcome, ctx, agent)
 
     def context(self, step: Step, key: str, frame: Frame, task: str | None, inputs: dict, attempt: int,
                 scope: Mapping) -> AttemptContext:
@@ -242,7 +265,14 @@ class AttemptRunner:
             timeout=step.timeout,
             cancelled=aborted,
             nice=settings.nice,
+            storage_failed=self._storage_failed(key),
         )
+
+    def _storage_failed(self, key: str) -> Callable[[str], None]:
+        report = self.run.settings.on_storage_failure
+        if report is None:
+            return lambda message: None
+        return lambda message: report(message, key)
 
     @staticmethod
     def inputs(step: Step, scope: Mapping) -> dict:
@@ -326,7 +356,7 @@ class AttemptRunner:
         else:
             ctx = self.context(step, named(key, "escalation"), frame, task, context_inputs, 1,
                                ChainMap({"task": task}, scope))
-            outcome = run.settings.executor.run(resolved[1], ctx)
+            outcome = settle(run.settings.executor.run(resolved[1], ctx), ctx, resolved[1])
         run.emit(events.execution_escalated(run.now(), key, target, ok=outcome.ok, output=outcome.output,
                                             error=outcome.error))
 

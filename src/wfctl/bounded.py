@@ -40,12 +40,14 @@ class Source(Protocol):
 
 
 class ListSource:
-    """A fixed list of thunks, in order; after a failure nothing new starts."""
+    """`count` jobs in order, `run(position)` each; after a failure nothing new starts.
+    A job's thunk is made when it is taken: a loop over a million items holds no list
+    of a million closures before its first item runs."""
 
-    def __init__(self, thunks: list[Callable[[], Any]]) -> None:
-        self.thunks = thunks
-        self.size = len(thunks)
-        self.results: list[Any] = [None] * len(thunks)
+    def __init__(self, count: int, run: Callable[[int], Any]) -> None:
+        self.size = count
+        self.results: list[Any] = [None] * count
+        self._run = run
         self._position = 0
 
     def next(self, failed: bool) -> Job | None:
@@ -53,7 +55,7 @@ class ListSource:
             return None
         position = self._position
         self._position += 1
-        return position, self.thunks[position]
+        return position, lambda: self._run(position)
 
     def finished(self, token: Any, result: Any) -> None:
         self.results[token] = result

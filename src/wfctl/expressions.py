@@ -927,12 +927,27 @@ def _fn_to_json(value: Any, pos: int) -> str:
 def _fn_from_json(text: Any, pos: int) -> Any:
     if not isinstance(text, str):
         raise ExpressionError(f"fromJSON() needs a string, not {_typename(text)}", pos)
+    from wfctl.values import MAX_DEPTH, nests_deeper_than
+
+    if nests_deeper_than(text):  # the text is a step's output: untrusted, decoded with bounds
+        raise ExpressionError(f"fromJSON() got JSON nested deeper than {MAX_DEPTH} levels", pos)
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_json_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise ExpressionError(f"fromJSON() got invalid JSON: {exc.msg} at character {exc.pos}", pos) from None
     except (ValueError, RecursionError):
         raise ExpressionError("fromJSON() got JSON it cannot read (nested too deeply or out of range)", pos) from None
+
+
+def _no_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def _compile_call(node: _Call) -> _Fn:

@@ -16,6 +16,14 @@ separated by commas) makes the runner fail there:
                     it: it creates `stall-prune.reached` in $WFCTL_FAULT_DIR and waits
                     (at most 60 s) for `stall-prune.go` there, as a process descheduled
                     at the worst moment would
+    enospc-scheduler the scheduler's state file write fails with "No space left on device"
+    scheduler-after-intent   the scheduler exits hard right after writing down a run, before making it
+    scheduler-after-prepare  the scheduler exits hard after making a run's execution, before starting it
+    enospc-log      a write to a step's log fails with "No space left on device" (each
+                    write counts: the attempt's header line, every chunk of output, the
+                    footer line; an http agent's header line and body chunks)
+    enospc-scratch  writing a value passed to a step through a file (WFCTL_INPUT_FILE,
+                    WFCTL_ITEM_FILE, a large template value) fails with "No space left on device"
 
 Unset (always, outside tests) this costs one dict lookup per point.
 """

@@ -68,11 +68,13 @@ def detect_format(filename: str, text: str) -> str:
     return "json" if text.lstrip().startswith("{") else "yaml"
 
 
-def read_bytes(file: str) -> bytes:
+def read_bytes(file: str, *, kind: str = "workflow file") -> bytes:
     """The file's bytes, after checking it is a readable regular file of at most 1 MiB.
 
     A FIFO is never opened for reading: it is refused from `stat` alone, and the file is
     opened non-blocking and checked again with `fstat` in case it was swapped meanwhile.
+    `kind` names what the file is for in messages (config.toml and `--input @FILE` are read
+    the same way: a device such as /dev/zero would otherwise be read for ever).
     """
     try:
         info = os.stat(file)
@@ -84,7 +86,7 @@ def read_bytes(file: str) -> bytes:
         _fail(file, f"the file cannot be read: {err.strerror or err}")
     except ValueError:  # embedded NUL in the path
         _fail(file, "the file name contains a NUL character")
-    _check_kind(file, info)
+    _check_kind(file, info, kind)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
     try:
         fd = os.open(file, flags)
@@ -93,7 +95,7 @@ def read_bytes(file: str) -> bytes:
     except OSError as err:
         _fail(file, f"the file cannot be read: {err.strerror or err}")
     try:
-        _check_kind(file, os.fstat(fd))
+        _check_kind(file, os.fstat(fd), kind)
         chunks: list[bytes] = []
         total = 0
         while total <= MAX_FILE_BYTES:
@@ -107,7 +109,7 @@ def read_bytes(file: str) -> bytes:
     finally:
         os.close(fd)
     if total > MAX_FILE_BYTES:
-        _fail(file, f"the file is larger than {MAX_FILE_BYTES} bytes; workflow files are limited to 1 MiB")
+        _fail(file, f"the file is larger than {MAX_FILE_BYTES} bytes; {kind}s are limited to 1 MiB")
     return b"".join(chunks)
 
 
@@ -389,22 +391,34 @@ def _constant(name: str) -> Any:
 
 
 _JSON_TO_YAML = {0x09: " ", 0x0D: " ", 0x85: " ", 0x2028: " ", 0x2029: " "}
-_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
+# A string (closed, or running to the end of the text, so that a match never fails and the
+# scan stays linear: `"\"\"\"...` without a closing quote made the plain pattern quadratic,
+# hours for a 1 MiB file) or a bracket.
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.|\\\Z)*(?:"|\Z)|[\[\]{}]', re.S)
 
 
-def _check_json_depth(text: str, filename: str) -> None:
-    """Refuse nesting deeper than MAX_DEPTH before json.loads can recurse into it."""
+def json_too_deep(text: str, limit: int) -> int | None:
+    """The offset of the first bracket nested deeper than `limit` in JSON text, else None:
+    found in one linear pass, before json.loads (or anything else) can recurse into it."""
     depth = 0
     for match in _JSON_TOKENS.finditer(text):
         token = match.group()
         if token in "[{":
             depth += 1
-            if depth > MAX_DEPTH:
-                line, column = _position(text, match.start())
-                _fail(filename, f"nesting is too deep at line {line}, column {column}; workflow files may nest "
-                                f"at most {MAX_DEPTH} levels", line=line)
+            if depth > limit:
+                return match.start()
         elif token in "]}":
             depth -= 1
+    return None
+
+
+def _check_json_depth(text: str, filename: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH before json.loads can recurse into it."""
+    offset = json_too_deep(text, MAX_DEPTH)
+    if offset is not None:
+        line, column = _position(text, offset)
+        _fail(filename, f"nesting is too deep at line {line}, column {column}; workflow files may nest "
+                        f"at most {MAX_DEPTH} levels", line=line)
 
 
 def _parse_json(text: str, filename: str) -> tuple[Any, dict[str, int]]:
@@ -459,20 +473,20 @@ def _position(text: str, index: int) -> tuple[int, int]:
     return line, column
 
 
-def _check_kind(file: str, info: os.stat_result) -> None:
+def _check_kind(file: str, info: os.stat_result, kind: str = "workflow file") -> None:
     mode = info.st_mode
     if stat.S_ISDIR(mode):
-        _fail(file, "this is a directory, not a workflow file")
+        _fail(file, f"this is a directory, not a {kind}")
     if not stat.S_ISREG(mode):
-        kind = (
+        what = (
             "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
             else "a socket" if stat.S_ISSOCK(mode)
             else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
             else "not a regular file"
         )
-        _fail(file, f"this is {kind}, not a regular file; workflow files must be regular files")
+        _fail(file, f"this is {what}, not a regular file; {kind}s must be regular files")
     if info.st_size > MAX_FILE_BYTES:
-        _fail(file, f"the file is {info.st_size} bytes; workflow files are limited to 1 MiB")
+        _fail(file, f"the file is {info.st_size} bytes; {kind}s are limited to 1 MiB")
 
 
 def _fail(file: str, message: str, *, path: str = "", line: int | None = None):

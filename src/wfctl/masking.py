@@ -18,6 +18,7 @@ from wfctl.errors import UsageError
 
 MASK = "***"
 MIN_SECRET_LENGTH = 4  # shorter values cannot be masked without masking ordinary text
+MAX_SECRET_FILE_BYTES = 64 * 1024  # a key or a certificate chain fits; /dev/zero does not
 
 
 def resolve(secrets: dict | None, *, base: Path | None = None) -> dict[str, str]:
@@ -34,10 +35,7 @@ def resolve(secrets: dict | None, *, base: Path | None = None) -> dict[str, str]
             path = Path(os.path.expanduser(str(source["file"])))
             if base is not None and not path.is_absolute():
                 path = base / path
-            try:
-                value = path.read_text(encoding="utf-8").rstrip("\n")
-            except (OSError, UnicodeDecodeError) as err:
-                raise UsageError(f"secret '{name}' cannot be read from {path}: {getattr(err, 'strerror', None) or err}.") from err
+            value = _read_secret_file(str(name), path)
         else:
             continue
         if len(value) < MIN_SECRET_LENGTH:
@@ -46,6 +44,25 @@ def resolve(secrets: dict | None, *, base: Path | None = None) -> dict[str, str]
             )
         values[str(name)] = value
     return values
+
+
+def _read_secret_file(name: str, path: Path) -> str:
+    """A secret file's text: a regular file (a symlink to one is fine, it is the user's
+    own path), opened without blocking (a FIFO never hangs the run), read with a bound."""
+    from wfctl.stepfiles import NotRegularFile, describe_error, read_regular
+
+    try:
+        data = read_regular(path, MAX_SECRET_FILE_BYTES + 1, follow=True)
+    except NotRegularFile as err:
+        raise UsageError(f"secret '{name}' cannot be read from {path}: {err.strerror}.") from None
+    except OSError as err:
+        raise UsageError(f"secret '{name}' cannot be read from {path}: {describe_error(err)}.") from None
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        raise UsageError(f"secret '{name}' in {path} is larger than {MAX_SECRET_FILE_BYTES // 1024} KiB; a secret file holds one value.")
+    try:
+        return data.decode("utf-8").rstrip("\n")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"secret '{name}' cannot be read from {path}: it is not UTF-8 text ({err.reason} at byte {err.start}).") from None
 
 
 class Masker:

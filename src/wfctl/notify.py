@@ -48,6 +48,7 @@ __all__ = [
     "slack_payload",
     "summary",
     "targets_from",
+    "undelivered",
     "wanted",
 ]
 
@@ -199,6 +200,40 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# -- reporting upward ------------------------------------------------------------------------
+def undelivered(document: dict) -> list[str]:
+    """What did not reach anyone, one line per failing target and one for the escalation:
+    for stderr at the end of a run and for `wfctl execution` (the record keeps every result).
+
+    Results of one target that failed the same way for several events make one line.
+    """
+    lines: list[str] = []
+    grouped: dict[tuple, list[str]] = {}
+    for result in document.get("notifications") or []:
+        if not isinstance(result, dict) or result.get("ok"):
+            continue
+        key = (result.get("transport"), result.get("target"), result.get("error"))
+        events = grouped.setdefault(key, [])
+        if result.get("event") not in events:
+            events.append(result.get("event"))
+    for (transport, target, error), events in grouped.items():
+        where = f"{transport} {target}".strip() if target else str(transport)
+        what = ", ".join(str(e) for e in events if e)
+        lines.append(f"notification ({what}) to {where} was not delivered: {_one_line(error) or 'no detail'}")
+    escalation = document.get("escalation")
+    if document.get("escalated") and isinstance(escalation, dict):
+        step = escalation.get("step")
+        if not escalation.get("agent"):
+            lines.append(f"step {step} was escalated, but its errorHandling has no escalateTo: nobody received "
+                         "the escalation")
+        elif escalation.get("ok") is False:
+            error = escalation.get("error")
+            message = error.get("message") if isinstance(error, dict) else error
+            lines.append(f"the escalation of step {step} to agent '{escalation['agent']}' failed: "
+                         f"{_one_line(message) or 'no detail'}")
+    return lines
+
+
 # -- formats ---------------------------------------------------------------------------------
 def is_slack_webhook(url: str) -> bool:
     """True for a Slack incoming webhook URL (which wants Slack's message format)."""
@@ -324,9 +359,12 @@ def notify(name: str, document: dict, targets: dict, config: dict | None, *, ste
 def _post_json(url: str, payload: dict, timeout: float) -> str | None:
     """POST JSON; None on a 2xx answer, else one sentence saying what went wrong."""
     import http.client
+    import time
     import urllib.error
     import urllib.request
     from urllib.parse import urlsplit
+
+    from wfctl.httpwatch import Watchdog
 
     try:
         scheme = urlsplit(url).scheme.lower()
@@ -341,29 +379,39 @@ def _post_json(url: str, payload: dict, timeout: float) -> str | None:
         method="POST",
         headers={"Content-Type": "application/json", "User-Agent": "wfctl-notify"},
     )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status = response.status
-            body = response.read(2048)
-    except urllib.error.HTTPError as err:
+    # One deadline for the whole exchange: a server that trickles its answer cannot hold
+    # the end of a run (urllib's timeout alone is per socket read).
+    with Watchdog(time.monotonic() + timeout) as watchdog:
         try:
-            body = err.read(2048)
-        except Exception:
-            body = b""
-        detail = _one_line(body.decode("utf-8", "replace"), 200)
-        return f"{_redact(url)} answered HTTP {err.code}" + (f": {detail}." if detail else ".")
-    except urllib.error.URLError as err:
-        return f"cannot reach {_redact(url)}: {_reason(err.reason)}."
-    except TimeoutError:
+            with watchdog.opener().open(request, timeout=timeout) as response:
+                status = response.status
+                body = _read_some(response)
+        except urllib.error.HTTPError as err:
+            detail = _one_line(_read_some(err).decode("utf-8", "replace"), 200)
+            return f"{_redact(url)} answered HTTP {err.code}" + (f": {detail}." if detail else ".")
+        except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as err:
+            if watchdog.fired or isinstance(err, TimeoutError) or isinstance(getattr(err, "reason", None), TimeoutError):
+                return f"{_redact(url)} did not answer within {timeout:g}s."
+            if isinstance(err, urllib.error.URLError):
+                return f"cannot reach {_redact(url)}: {_reason(err.reason)}."
+            if isinstance(err, http.client.HTTPException):
+                return f"{_redact(url)} gave a broken HTTP answer: {_one_line(err) or type(err).__name__}."
+            return f"cannot reach {_redact(url)}: {_reason(err)}."
+    if watchdog.fired:  # the answer was cut off at the deadline: its status may be a fragment
         return f"{_redact(url)} did not answer within {timeout:g}s."
-    except OSError as err:
-        return f"cannot reach {_redact(url)}: {_reason(err)}."
-    except http.client.HTTPException as err:
-        return f"{_redact(url)} gave a broken HTTP answer: {_one_line(err) or type(err).__name__}."
     if not 200 <= status < 300:
         detail = _one_line(body.decode("utf-8", "replace"), 200)
         return f"{_redact(url)} answered HTTP {status}" + (f": {detail}." if detail else ".")
     return None
+
+
+def _read_some(response: Any) -> bytes:
+    """The first 2 KiB of an answer's body (for a reason to show); b"" when it breaks off
+    (the watchdog shut the socket down at the deadline, or the server went away)."""
+    try:
+        return response.read(2048)
+    except Exception:  # OSError, http.client's IncompleteRead...: the reason is only a detail
+        return b""
 
 
 def _redact(url: str) -> str:
@@ -470,9 +518,12 @@ def _smtp_text(err: Any) -> str:
 
 
 def _send_command(command: str, event: dict, timeout: float, cwd: Any) -> str | None:
+    """Run the notification command with the event on stdin. Its wait ends at its exit
+    or after `timeout` (then its process group is killed), whatever it does with its
+    pipes; only the last few KiB of its stderr are kept, for the reason of a failure."""
     import os
-    import signal
-    import subprocess
+
+    from wfctl.processes import run_with_deadline
 
     env = dict(os.environ)
     env["WFCTL_EVENT"] = str(event.get("event") or "")
@@ -480,50 +531,18 @@ def _send_command(command: str, event: dict, timeout: float, cwd: Any) -> str | 
     env["WFCTL_WORKFLOW_ID"] = str(event.get("workflowId") or "")
     data = json.dumps(event, ensure_ascii=False, default=str).encode("utf-8")
     try:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", command],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=None if cwd is None else str(cwd),
-            start_new_session=True,  # its own process group: a timeout stops the whole tree
-            close_fds=True,
+        finished = run_with_deadline(
+            ["/bin/sh", "-c", command], data, timeout=timeout, env=env, cwd=None if cwd is None else str(cwd)
         )
     except OSError as err:
         return f"cannot start the notification command: {_reason(err)}."
-    try:
-        try:
-            _, stderr = proc.communicate(data, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                proc.kill()
-            try:
-                proc.communicate(timeout=2)
-            except subprocess.TimeoutExpired:
-                pass  # a grandchild escaped the group and holds the pipes: give up on them
-            return f"the notification command did not finish within {timeout:g}s and was killed."
-    finally:
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            try:
-                if pipe:
-                    pipe.close()
-            except OSError:
-                pass
-        if proc.returncode is None:
-            try:
-                proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                pass
-    code = proc.returncode
+    if finished.ended_by == "timeout":
+        return f"the notification command did not finish within {timeout:g}s and was killed."
+    code = finished.code
     if code == 0:
         return None
-    last = ""
-    for line in reversed(stderr.decode("utf-8", "replace").splitlines()):
-        if line.strip():
-            last = _one_line(line, 200)
-            break
+    if code is None:
+        return "the notification command did not end after SIGKILL."
+    last = _one_line(finished.stderr.last_line(), 200)
     what = f"exited with code {code}" if code > 0 else f"was killed by signal {-code}"
     return f"the notification command {what}" + (f": {last}." if last else ".")

@@ -28,6 +28,7 @@ from wfctl.model import (
 
 __all__ = ["ExecutionState", "build_trace", "new_document", "now_iso", "parse_iso", "read_journal", "walk"]
 
+JOURNAL_MAX_DEPTH = 512  # levels a journal line may nest (wfctl writes at most ~200)
 TERMINAL_STATUSES = TERMINAL
 STEP_DONE = frozenset({StepStatus.COMPLETED, StepStatus.SKIPPED})
 
@@ -69,9 +70,14 @@ def new_document(
     workflow_id: str,
     input: dict,
     priority: str,
+    trigger: str = "manual",
+    scheduled_at: str | None = None,
 ) -> dict:
+    """The pending document of a new execution. `trigger` says who started it: "manual"
+    (a person or a script) or "schedule" (`wfctl scheduler`, which also records the run
+    time it was due at as `scheduledAt`)."""
     steps = [skeleton_step(step) for step in workflow.steps]
-    return {
+    document = {
         "executionId": execution_id,
         "workflowId": workflow_id,
         "workflowName": workflow.name,
@@ -85,7 +91,11 @@ def new_document(
         "estimatedCompletion": None,
         "priority": priority,
         "input": input,
+        "trigger": trigger,
     }
+    if scheduled_at is not None:
+        document["scheduledAt"] = scheduled_at
+    return document
 
 
 def index_steps(steps: Iterable[dict], parent: str | None = None, index: dict | None = None) -> dict:
@@ -372,13 +382,50 @@ def read_journal(data: bytes, *, source: str = "events.jsonl", first_line: int =
         line_number += 1
         if end == -1:
             break  # torn tail: no newline yet
-        line = data[position:end]
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            raise StoreError(f"{source} is corrupt at line {line_number}.") from None
+        events.append(_journal_event(data[position:end], source, line_number))
         position = end + 1
     return events, position
+
+
+def _journal_event(line: bytes, source: str, line_number: int) -> dict:
+    """One journal line as an event, or StoreError naming the file and the line."""
+    from wfctl.values import nests_deeper_than
+
+    # wfctl never writes lines this deep (results are bounded to values.MAX_DEPTH); a
+    # deeper one would make every reader recurse that deep (Python's stack is finite).
+    if nests_deeper_than(line, JOURNAL_MAX_DEPTH):
+        raise StoreError(f"{source} is corrupt at line {line_number}: it nests deeper than {JOURNAL_MAX_DEPTH} levels.")
+    try:
+        event = json.loads(line)
+    except RecursionError:
+        raise StoreError(f"{source} is corrupt at line {line_number}: it nests too deeply to be read.") from None
+    except ValueError:
+        raise StoreError(f"{source} is corrupt at line {line_number}.") from None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise StoreError(f"{source} is corrupt at line {line_number}: it is not an event.")
+    return event
+
+
+def apply_events(state: ExecutionState, events: Iterable[dict], *, source: str, first_line: int = 1) -> None:
+    """Apply journal events in order; an event the reducer cannot apply (a field
+    missing or of the wrong type) is reported with its file and line, never as a crash."""
+    for number, event in enumerate(events, start=first_line):
+        try:
+            state.apply(event)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as err:
+            raise StoreError(
+                f"{source} has an event wfctl cannot read at line {number} ({type(err).__name__}: {err})."
+            ) from None
+
+
+def state_from_snapshot(document: Any, *, source: str) -> ExecutionState:
+    """The state of an execution from its snapshot, or StoreError naming the file."""
+    try:
+        if not isinstance(document, dict) or not isinstance(document.get("steps"), list):
+            raise TypeError("it is not an execution document")
+        return ExecutionState(document)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as err:
+        raise StoreError(f"{source} is not an execution record wfctl can read ({err}).") from None
 
 
 def build_trace(document: dict, workflow: Workflow) -> dict:
@@ -411,6 +458,7 @@ def build_trace(document: dict, workflow: Workflow) -> dict:
         "status": status,
         "execution_id": document["executionId"],
         "duration": _duration(document),
+        **_trace_trigger(document),
     }
     if document.get("dryRun"):
         # Before `response`: trace summaries (lists, estimates) read only the file's head.
@@ -421,6 +469,15 @@ def build_trace(document: dict, workflow: Workflow) -> dict:
         "stages": stages,
     }
     return trace
+
+
+def _trace_trigger(document: dict) -> dict:
+    """Who started the run, in the trace's words: `trigger` (executions from before
+    schedules existed have none: they were manual) and, for scheduled runs, `scheduled_at`."""
+    fields = {"trigger": document.get("trigger") or "manual"}
+    if document.get("scheduledAt"):
+        fields["scheduled_at"] = document["scheduledAt"]
+    return fields
 
 
 def _duration(document: dict) -> float | None:

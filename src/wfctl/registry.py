@@ -168,7 +168,7 @@ class Registry:
         *,
         status: str | None = None,
         category: str | None = None,
-        page: int = 1,
+        page: int | None = None,
         size: int | None = None,
         limit: int | None = None,
         offset: int | None = None,
@@ -192,13 +192,26 @@ def paginate(
     entities: str,
     elements: list,
     *,
-    page: int = 1,
+    page: int | None = None,
     size: int | None,
     limit: int | None = None,
     offset: int | None = None,
     default_size: int,
 ) -> dict:
+    """The seed 000 envelope of one page: by --page/--size, or by --limit/--offset.
+
+    The two ways are exclusive: given together, one would be dropped without a word.
+    """
     count = len(elements)
+    by_page = [name for name, value in (("--page", page), ("--size", size)) if value is not None]
+    by_limit = [name for name, value in (("--limit", limit), ("--offset", offset)) if value is not None]
+    if by_page and by_limit:
+        raise UsageError(
+            f"{' and '.join(by_page)} cannot be combined with {' and '.join(by_limit)}: "
+            "page with --page/--size, or slice with --limit/--offset."
+        )
+    if page is None:
+        page = 1
     if limit is not None or offset is not None:
         per_page = _bounded(limit if limit is not None else default_size, "--limit")
         start = offset or 0

@@ -5,6 +5,7 @@ Nothing here does I/O; the CLI prints what these return.
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime
 from typing import Any, Iterable
@@ -28,6 +29,22 @@ STATUS_MARK = {
     "skipped": "–",
     "cancelled": "■",
 }
+
+
+# Characters that would act on a terminal instead of being shown (escape sequences, carriage
+# returns, NUL, C1 controls) or reorder what is shown (bidi overrides).
+_UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: Any, *, keep_newlines: bool = True) -> str:
+    """Text from outside (names, descriptions, step output, error messages), fit for a
+    terminal: every control character is shown as its escape (`\\x1b`), never sent raw."""
+    text = str(text)
+    if not keep_newlines:
+        text = text.replace("\n", "\\n")
+    if not _UNSHOWABLE.search(text):
+        return text
+    return _UNSHOWABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def format_duration(seconds: Any) -> str:
@@ -184,12 +201,14 @@ def execution_table(document: dict, now: float | None = None, max_rows: int | No
     completed = progress.get("completed") or 0
     status = document.get("status", "")
     footer = Text()
-    footer.append(f"{document.get('workflowName') or ''} ", style="bold")
+    footer.append(f"{terminal_safe(document.get('workflowName') or '')} ", style="bold")
     footer.append(f"{status} ", style=STATUS_STYLE.get(status, ""))
     footer.append(f"{completed}/{total} steps")
     elapsed = execution_elapsed(document, now)
     if elapsed is not None:
         footer.append(f" · {format_duration(elapsed)}")
+    if document.get("scheduledAt"):
+        footer.append(f" · scheduled for {document['scheduledAt']}", style="dim")
     if document.get("estimatedCompletion") and status == "running":
         footer.append(f" · eta {document['estimatedCompletion']}", style="dim")
     running = document.get("currentSteps") or []
@@ -218,13 +237,13 @@ def event_line(event: dict) -> str | None:
             line += f": {event['skipReason']}"
         error = event.get("error")
         if error and status != "completed":
-            line += f": {error.get('message')}"
+            line += f": {terminal_safe(error.get('message'), keep_newlines=False)}"
         if event.get("retryStopped"):
-            line += f" (not retried: {event['retryStopped']})"
+            line += f" (not retried: {terminal_safe(event['retryStopped'], keep_newlines=False)})"
         return line
     if kind == "attempt.failed":
         error = event.get("error") or {}
-        message = str(error.get("message") or "").rstrip(".")
+        message = terminal_safe(error.get("message") or "", keep_newlines=False).rstrip(".")
         return f"{at} {event['step']} attempt {event['attempt']} failed: {message}; retrying in {event.get('retryIn')}s"
     if kind == "execution.finished":
         line = f"{at} execution {event['status']}"
@@ -233,7 +252,7 @@ def event_line(event: dict) -> str | None:
             line += error_text(error, " at ")
         reason = event.get("reason")
         if reason and not (error and str(error.get("message") or "").startswith(reason)):
-            line += f" ({reason})"
+            line += f" ({terminal_safe(reason, keep_newlines=False)})"
         return line
     return None
 
@@ -242,7 +261,8 @@ def error_text(error: dict, before_step: str) -> str:
     """`<before_step>STEP: MESSAGE`, or `: MESSAGE` for an error of no one step (a
     timeout before any step started)."""
     step = error.get("step")
-    return (f"{before_step}{step}" if step else "") + f": {error.get('message')}"
+    message = terminal_safe(error.get("message"), keep_newlines=False)
+    return (f"{before_step}{step}" if step else "") + f": {message}"
 
 
 def summary_text(document: dict) -> str:
@@ -256,7 +276,7 @@ def summary_text(document: dict) -> str:
     error = document.get("error")
     if status in ("failed", "timed_out") and error:
         where = f"{error['step']}: " if error.get("step") else ""
-        text += f" · {where}{error.get('message')}"
+        text += f" · {where}{terminal_safe(error.get('message'), keep_newlines=False)}"
     elif status in ("cancelled", "interrupted") and document.get("cancelReason"):
-        text += f" · {document['cancelReason']}"
+        text += f" · {terminal_safe(document['cancelReason'], keep_newlines=False)}"
     return text

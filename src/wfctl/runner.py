@@ -63,7 +63,7 @@ class Recorder:
         self._last_sync = time.monotonic()
 
     def __call__(self, event: dict) -> None:
-        text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str)
+        text, event = encode_event(event)
         if self.masker:
             masked = self.masker.text(text)
             if masked != text:  # what is kept and shown is what the journal says
@@ -123,6 +123,13 @@ class Recorder:
         if self.on_broken is not None:
             self.on_broken(self.broken)
 
+    def storage_failed(self, message: str, step: str | None) -> None:
+        """A file the run writes besides the record (a step's log) could not be written:
+        the run stops as when the journal fails, and what was recorded stays resumable."""
+        with self._lock:
+            if self.broken is None:
+                self._break(StoreError(message), {"step": step})
+
     def _snapshot(self, *, sync: bool) -> None:
         document = dict(self.state.document)
         document["journalOffset"] = self._offset
@@ -139,6 +146,26 @@ class Recorder:
                 self._break(err, None)
             finally:
                 self._journal.close()
+
+
+def encode_event(event: dict) -> tuple[str, dict]:
+    """An event's journal line (without its newline), and the event as that line says it.
+
+    Results were checked before they became events (results.settle). Anything else
+    that is not JSON data (NaN, a cycle, a lone surrogate, an object whose str() fails)
+    is written as text saying what it was: one line every reader can read, always,
+    never a runner that dies in the middle of a record.
+    """
+    try:
+        text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
+        if not text.isascii():
+            text.encode("utf-8")  # a lone surrogate cannot be written as UTF-8
+        return text, event
+    except Exception:  # anything json.dumps or a str() of someone else's object can raise
+        from wfctl.values import writable
+
+        event = writable(event)
+        return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False), event
 
 
 @contextmanager
@@ -273,6 +300,7 @@ class RunOptions:
     extra_env: dict = field(default_factory=dict)
     nice: int = 0
     executor: str = "local"  # "local", or "dask://HOST:PORT"
+    infrastructure_retries: int = 3  # re-runs of an attempt the infrastructure lost
     base_dir: Path | None = None  # where relative secret files are found (the workflow file's directory)
     fail_fast: bool = False  # a failure cancels the steps running beside it
 
@@ -369,6 +397,8 @@ def _run_with(
         secrets=secrets,
         masker=masker,
         fail_fast=options.fail_fast,
+        infrastructure_retries=options.infrastructure_retries,
+        on_storage_failure=recorder.storage_failed,
     )
     engine = Engine(workflow, settings, recorder, prior=prior)
     # A record that cannot be written stops the run: no step starts that could not be kept.

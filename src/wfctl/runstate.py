@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
 
 from wfctl.depends import Outcome
-from wfctl.executors import Executor
+from wfctl.executors import Executor, as_executor
 from wfctl.executors.local import LocalExecutor
 from wfctl.model import Clock, Step, StepStatus, Workflow
 from wfctl.retry import Policy, policy_for, retry_fields_inside
@@ -42,6 +42,16 @@ class Settings:
     secrets: Mapping[str, str] | None = None  # NAME → value: env vars of steps, `secrets.NAME`
     masker: Any = None  # masks those values in logs
     fail_fast: bool = False  # a failure cancels the steps running beside it
+    # Attempts lost to the infrastructure (a Dask worker that died) are run again this
+    # many times, apart from the step's own retry policy (defaults.infrastructure_retries).
+    infrastructure_retries: int = 3
+    # Told (one sentence, the step key) when a file written for a step (its log) cannot be
+    # written: the api stops the run as when the journal cannot be written.
+    on_storage_failure: Callable[[str, str], None] | None = None
+
+    def __post_init__(self) -> None:
+        # An executor may be given as a plain callable (agent, ctx) -> Outcome, or None.
+        self.executor = as_executor(self.executor)
 
 
 @dataclass

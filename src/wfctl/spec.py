@@ -29,6 +29,8 @@ BACKOFFS = ("exponential", "linear", "fixed")
 TEAM_STRATEGIES = ("round-robin", "all", "first-success")
 INPUT_TYPES = ("string", "number", "integer", "boolean", "object", "array")
 NOTIFY_EVENTS = ("failed", "completed", "escalated", "cancelled", "timed_out")
+SCHEDULE_OVERLAPS = ("skip", "queue", "allow")
+SCHEDULE_CATCHUPS = ("none", "latest", "all")
 
 # Step ids become parts of file names: letters, digits, '-', '_' and '.', 1-64 chars, not '.'/'..'.
 STEP_ID_PATTERN = r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,64}$"
@@ -49,10 +51,25 @@ URL_PATTERN = r"^https?://[^\s]+$"
 URL_HELP = "must be an http:// or https:// URL"
 RETRY_ON_PATTERN = r"^(failed|timeout|exit:-?[0-9]{1,3})$"
 RETRY_ON_HELP = "must be 'failed', 'timeout' or 'exit:N' (an exit code)"
+# Schedules (schedules.py checks what a pattern cannot: cron syntax, zones that exist, bounds).
+EVERY_PATTERN = r"^[0-9]{1,9}(\.[0-9]{1,6})?[smhd]$"
+EVERY_HELP = "must be a duration such as 30s, 15m, 2h or 1d"
+# IANA zone names; they become paths under the system's zoneinfo directory, so no '..' or '/' at the start.
+TIMEZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,3}$"
+TIMEZONE_HELP = "must be an IANA time zone name such as Europe/Paris or UTC"
+# Names people read on a terminal (a workflow's or a step's name): no control characters,
+# which could move the cursor or rewrite the screen, and no bidi overrides, which reorder text.
+SHOWN_NAME_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u202a-\\u202e\\u2066-\\u2069]*$"
+SHOWN_NAME_HELP = "must not contain control characters (newlines, tabs, escape sequences, NUL) or bidi overrides"
+EXECUTOR_PATTERN = r"^(local|(dask|tcp)://[^\s/]+)$"
+EXECUTOR_HELP = "must be local or dask://HOST:PORT"
 
 MAX_STEPS = 10_000  # steps in the whole tree, nested and fallback steps included
 MAX_STEP_DEPTH = 32  # levels of step nesting
 MAX_VALUE_DEPTH = 64  # levels of nested lists/mappings anywhere in a document (loader.MAX_DEPTH)
+# Iterations of one loop, whether a count, a literal list or what an expression gives at run
+# time: every iteration is a record, so an unbounded loop would exhaust memory and disk.
+MAX_LOOP_ITEMS = 1_000_000
 
 BUILTIN_AGENTS = ("echo",)
 
@@ -84,7 +101,11 @@ def describe_value(value: Any) -> str:
         return "a list"
     if isinstance(value, dict):
         return "a mapping"
-    return f"a {type(value).__name__}"
+    import datetime
+
+    if isinstance(value, (datetime.date, datetime.time)):  # TOML has dates and times
+        return f"the date/time {value.isoformat()}"
+    return "a value that is not JSON"
 
 
 def json_type(value: Any) -> str | None:
@@ -167,7 +188,8 @@ class String(Shape):
             return "must not be empty"
         if self.max_length is not None and len(value) > self.max_length:
             return f"must be at most {self.max_length} characters, not {len(value)}"
-        if self.pattern is not None and not re.match(self.pattern, value):
+        # fullmatch: `$` alone would let a trailing newline through ("abc\n" as a step id).
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
             return f"{self.pattern_help or 'has the wrong form'}, not {value!r}"
         return None
 
@@ -191,6 +213,7 @@ class Number(Shape):
     integer: bool = False
     minimum: float | None = None
     exclusive_minimum: float | None = None
+    maximum: float | None = None
 
     def describe(self) -> str:
         noun = "integer" if self.integer else "number"
@@ -214,6 +237,8 @@ class Number(Shape):
             return f"must be {self.describe()}, not {describe_value(value)}"
         if self.minimum is not None and value < self.minimum:
             return f"must be {self.describe()}, not {describe_value(value)}"
+        if self.maximum is not None and value > self.maximum:
+            return f"must be at most {self.maximum:,}, not {value:,}"
         return None
 
     def json_schema(self) -> dict:
@@ -222,6 +247,8 @@ class Number(Shape):
             schema["minimum"] = self.minimum
         if self.exclusive_minimum is not None:
             schema["exclusiveMinimum"] = self.exclusive_minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
         return schema
 
 
@@ -255,6 +282,7 @@ class AnyValue(Shape):
 class List(Shape):
     item: Shape
     min_items: int = 0
+    max_items: int | None = None
     what: str | None = None
 
     def describe(self) -> str:
@@ -270,12 +298,16 @@ class List(Shape):
     def constraint_problem(self, value: Any) -> str | None:
         if len(value) < self.min_items:
             return f"must be {self.describe()}, not an empty list"
+        if self.max_items is not None and len(value) > self.max_items:
+            return f"must have at most {self.max_items:,} items, not {len(value):,}"
         return None
 
     def json_schema(self) -> dict:
         schema: dict[str, Any] = {"type": "array", "items": self.item.json_schema()}
         if self.min_items:
             schema["minItems"] = self.min_items
+        if self.max_items is not None:
+            schema["maxItems"] = self.max_items
         return schema
 
 
@@ -306,9 +338,10 @@ class Ref(Shape):
     """A mapping described by one of the blocks below (errorHandling, agent, team, ...)."""
 
     block: str
+    what: str = "a mapping"
 
     def describe(self) -> str:
-        return "a mapping"
+        return self.what
 
     def accepts_type(self, value: Any) -> bool:
         return isinstance(value, dict)
@@ -566,6 +599,38 @@ SECRET = Block(
     exactly_one_of=("env", "file"),
 )
 
+SCHEDULE_ENTRY = Block(
+    "scheduleEntry",
+    "Schedule entry",
+    "When `wfctl scheduler` starts a run of this workflow: exactly one of cron or every, "
+    "and what to do with runs that overlap or were missed.",
+    (
+        Field("cron", String(min_length=1, max_length=200),
+              "A cron expression with 5 fields (minute hour day-of-month month day-of-week) or an alias "
+              "(@yearly, @monthly, @weekly, @daily, @hourly), in `timezone`.", role="cron"),
+        Field("every", String(pattern=EVERY_PATTERN, pattern_help=EVERY_HELP, max_length=20,
+                              what="a duration such as 30s, 15m, 2h or 1d"),
+              "An interval (s, m, h, d; at least 1s), counted from 1970-01-01T00:00Z: 15m runs at :00, :15, "
+              ":30 and :45."),
+        Field("timezone", String(pattern=TIMEZONE_PATTERN, pattern_help=TIMEZONE_HELP, max_length=64),
+              "The IANA time zone of a cron expression (default: the machine's); runs follow its daylight "
+              "saving time."),
+        Field("input", Map(AnyValue(), what="a mapping of input names to values"),
+              "The --input of the scheduled runs; checked against the workflow's inputs."),
+        Field("overlap", String(enum=SCHEDULE_OVERLAPS),
+              "When a run is due while an earlier scheduled run is still going: skip it (recorded as "
+              "skipped), queue it until the earlier one ends, or allow both at once.", default="skip"),
+        Field("catchup", String(enum=SCHEDULE_CATCHUPS),
+              "Runs missed while the scheduler was not running: none, the latest one, or all of them "
+              "(at most maxCatchup, one after another).", default="latest"),
+        Field("maxCatchup", Number(integer=True, minimum=1),
+              "With catchup: all, at most this many missed runs are started, the latest ones (default 10)."),
+        Field("jitter", Number(minimum=0),
+              "Start each run up to this many seconds late (at most 86400), to spread runs that share a time."),
+    ),
+    exactly_one_of=("cron", "every"),
+)
+
 WORKFLOW = Block(
     "workflow",
     "wfctl workflow",
@@ -573,8 +638,8 @@ WORKFLOW = Block(
     "'Create Workflow' is a valid workflow file.",
     (
         Field("$schema", _STR, "The URL of this schema, for editors; ignored by wfctl."),
-        Field("name", String(min_length=1), "The workflow's name, unique among registered workflows.",
-              required=True),
+        Field("name", String(min_length=1, pattern=SHOWN_NAME_PATTERN, pattern_help=SHOWN_NAME_HELP),
+              "The workflow's name, unique among registered workflows.", required=True),
         Field("description", _STR, "What the workflow does."),
         Field("category", _STR, "A free category, used by `wfctl list --category`."),
         Field("timeout", _POSITIVE_SECONDS, "Seconds the whole execution may take."),
@@ -599,6 +664,11 @@ WORKFLOW = Block(
         Field("maxConcurrency", Number(integer=True, minimum=1),
               "At most this many steps of a list whose steps have depends run at once "
               "(default: the machine's CPU count)."),
+        Field("schedule",
+              Union((Ref("scheduleEntry"),
+                     List(Ref("scheduleEntry"), min_items=1, what="a non-empty list of schedule entries")),
+                    what="a schedule entry or a non-empty list of them"),
+              "When `wfctl scheduler` runs this workflow: one entry or a list of entries.", role="schedule"),
         Field("steps", StepList(min_items=1), "The steps, run in order.", required=True, role="steps"),
     ),
 )
@@ -609,7 +679,7 @@ STEP_COMMON: tuple[Field, ...] = (
           "The step's id, unique in the whole workflow (nested and fallback steps included).",
           required=True, role="id"),
     Field("type", String(enum=STEP_TYPES), "The kind of step (default task).", default=DEFAULT_STEP_TYPE),
-    Field("name", _STR, "A human-readable name."),
+    Field("name", String(pattern=SHOWN_NAME_PATTERN, pattern_help=SHOWN_NAME_HELP), "A human-readable name."),
     Field("description", _STR, "What the step does."),
     Field("input",
           Union((String(pattern=NAME_PATTERN, pattern_help=NAME_HELP),
@@ -671,9 +741,11 @@ STEP_TYPE_BLOCKS: dict[str, Block] = {
         "loop", "Loop step", "Runs `step` once per item; `item` and `index` are in scope.",
         (
             Field("items",
-                  Union((String(min_length=1), List(AnyValue()), Number(integer=True, minimum=0)),
+                  Union((String(min_length=1), List(AnyValue(), max_items=MAX_LOOP_ITEMS),
+                         Number(integer=True, minimum=0, maximum=MAX_LOOP_ITEMS)),
                         what="a state name or expression, a list, or a non-negative count"),
-                  "What to loop over: a state name or expression, a literal list, or a count.",
+                  f"What to loop over: a state name or expression, a literal list, or a count "
+                  f"(at most {MAX_LOOP_ITEMS:,} items).",
                   required=True, role="items"),
             Field("step", StepRef(), "The step run for each item.", required=True, role="step"),
             Field("maxConcurrency", Number(integer=True, minimum=1), "Items run at once (default 1)."),
@@ -690,10 +762,85 @@ STEP_TYPE_BLOCKS: dict[str, Block] = {
 }
 
 BLOCKS: dict[str, Block] = {
-    b.name: b for b in (WORKFLOW, ERROR_HANDLING, NOTIFICATIONS, AGENT, TEAM, INPUT_DECLARATION, SECRET)
+    b.name: b for b in (WORKFLOW, ERROR_HANDLING, NOTIFICATIONS, AGENT, TEAM, INPUT_DECLARATION, SECRET, SCHEDULE_ENTRY)
 }
 
 COMMON_STEP_KEYS = frozenset(f.name for f in STEP_COMMON)
+
+
+# -- config.toml ---------------------------------------------------------------------------------
+_TABLE = "a table"
+# The user's config file is checked with the same machinery as workflow files (validate.py's
+# `validate_config`); these blocks are not part of the workflow schema.
+CONFIG_DEFAULTS = Block(
+    "configDefaults",
+    "Defaults",
+    "Defaults that apply when a workflow says nothing.",
+    (
+        Field("max_concurrency", Number(integer=True, minimum=1),
+              "Children of a parallel step, or team members, run at once when the step says nothing.",
+              default=4),
+        Field("max_running", Number(integer=True, minimum=1),
+              "At most this many executions run at once; detached runs wait for a slot."),
+        Field("infrastructure_retries", Number(integer=True, minimum=0),
+              "Attempts lost to the infrastructure (a dead worker) that are run again, apart from the "
+              "step's own retries."),
+    ),
+)
+
+SLACK_CONFIG = Block(
+    "slackConfig",
+    "Slack",
+    "How `notifications.slack` reaches Slack.",
+    (
+        Field("webhook", String(pattern=URL_PATTERN, pattern_help=URL_HELP, format="uri"),
+              "The Slack incoming webhook URL."),
+    ),
+)
+
+SMTP_CONFIG = Block(
+    "smtpConfig",
+    "SMTP",
+    "The mail server that `notifications.email` goes through.",
+    (
+        Field("host", String(min_length=1), "The SMTP server's host name."),
+        Field("port", Number(integer=True, minimum=1, maximum=65535), "Its port (default 25, or 465 with ssl)."),
+        Field("sender", String(min_length=1), "The From address (default wfctl@<hostname>)."),
+        Field("username", _STR, "Login name (with password)."),
+        Field("password", _STR, "Login password (with username)."),
+        Field("starttls", Boolean(), "Upgrade the connection with STARTTLS."),
+        Field("ssl", Boolean(), "Connect with TLS from the start."),
+    ),
+)
+
+CONFIG = Block(
+    "config",
+    "config.toml",
+    "The user's configuration: agents, teams, defaults and notification transports.",
+    (
+        Field("defaults", Ref("configDefaults", what=_TABLE), "Defaults that apply when a workflow says nothing."),
+        Field("executor", String(pattern=EXECUTOR_PATTERN, pattern_help=EXECUTOR_HELP,
+                                 what="a string: local or dask://HOST:PORT"),
+              "Where steps run: local, or a Dask scheduler dask://HOST:PORT."),
+        Field("agents",
+              Map(Ref("agent", what="a table (with run, python or http)"), key_pattern=AGENT_NAME_PATTERN,
+                  key_help=AGENT_NAME_HELP, what="a table of agent names to definitions"),
+              "Agents every workflow can use."),
+        Field("teams",
+              Map(Ref("team", what="a table (with members and strategy)"), key_pattern=AGENT_NAME_PATTERN,
+                  key_help=AGENT_NAME_HELP, what="a table of team names to definitions"),
+              "Teams every workflow can use."),
+        Field("slack", Ref("slackConfig", what=_TABLE), "The Slack webhook of `notifications.slack`."),
+        Field("smtp", Ref("smtpConfig", what=_TABLE), "The mail server of `notifications.email`."),
+    ),
+)
+
+CONFIG_BLOCKS: dict[str, Block] = {b.name: b for b in (CONFIG, CONFIG_DEFAULTS, SLACK_CONFIG, SMTP_CONFIG)}
+
+
+def block_named(name: str) -> Block:
+    """The block a `Ref` names, in workflow files or in config.toml."""
+    return BLOCKS.get(name) or CONFIG_BLOCKS[name]
 
 
 def step_fields(step_type: str) -> dict[str, Field]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from wfctl import events
 from wfctl.attempts import AttemptRunner
@@ -67,8 +67,9 @@ class StepScheduler:
             return _GraphRun(self, steps, frame).run(limit)
         if steps.in_order:
             return self._run_in_order(steps, frame)
-        thunks = [lambda scope, step=step: self.run_step(step, frame.within(scope)) for step in steps]
-        return ListRun(*self._run_many(thunks, limit, frame))
+        children = steps.steps
+        return ListRun(*self._run_many(
+            len(children), lambda position, scope: self.run_step(children[position], frame.within(scope)), limit, frame))
 
     def _run_in_order(self, steps: StepList, frame: Frame) -> ListRun:
         results: list[Result | None] = [None] * len(steps)
@@ -81,12 +82,13 @@ class StepScheduler:
                 return ListRun(False, results)
         return ListRun(True, results)
 
-    def _run_many(self, thunks: list[Callable[[AbortScope], Result]], limit: int,
+    def _run_many(self, count: int, run: Callable[[int, AbortScope], Result], limit: int,
                   frame: Frame) -> tuple[bool, list[Result | None]]:
-        """Run thunks at most `limit` at a time. After a failure the running ones finish
-        (with --fail-fast they are cancelled) and the ones not yet started are not started."""
+        """Run `run(position, scope)` for `count` positions, at most `limit` at a time.
+        After a failure the running ones finish (with --fail-fast they are cancelled)
+        and the ones not yet started are not started."""
         scope = frame.scope.child()
-        source = ListSource([lambda thunk=thunk: thunk(scope) for thunk in thunks])
+        source = ListSource(count, lambda position: run(position, scope))
         run_bounded(source, limit, stopped=lambda: self.run.cancelled,
                     on_failure=self._fail_fast(lambda: scope.abort()), on_crash=self._crashed)
         results: list[Result | None] = source.results
@@ -269,25 +271,39 @@ class StepScheduler:
             return None
         return f"the items read '{echoed}', an echoed output of this dry run: the body is shown once, with item null."
 
-    def _loop_items(self, step: LoopStep, frame: Frame) -> list:
+    def _loop_items(self, step: LoopStep, frame: Frame) -> Sequence:
+        """What a loop runs over: a list, or a `range` for a count (never built as a list).
+
+        An expression's result is bounded at run time as a literal is at validation: at
+        most spec.MAX_LOOP_ITEMS iterations, each of which becomes a record.
+        """
+        from wfctl.spec import MAX_LOOP_ITEMS, describe_value
+
         if self._undecided_items(step, frame) is not None:
             return [None]
         items = step.items
+        written = step.raw.get("items")
         if isinstance(items, bool):
             raise ExpressionError("loop items must be a list, a count or an expression, not a boolean.")
-        if isinstance(items, int):
-            return list(range(items))
-        if isinstance(items, list):
-            return items
-        value = items.evaluate(self.run.scope_of(frame))
-        if isinstance(value, bool):
-            raise ExpressionError(f"loop items '{items.source}' is a boolean, not a list.")
+        if isinstance(items, (int, list)):
+            value: Any = items
+        else:
+            value = items.evaluate(self.run.scope_of(frame))
+            if isinstance(value, bool):
+                raise ExpressionError(f"loop items '{written}' is a boolean, not a list.")
+            if isinstance(value, dict):
+                value = [{"key": k, "value": v} for k, v in value.items()]
+            elif isinstance(value, float) and value.is_integer():
+                value = int(value)
         if isinstance(value, int):
-            return list(range(value))
-        if isinstance(value, dict):
-            return [{"key": k, "value": v} for k, v in value.items()]
-        if not isinstance(value, list):
-            raise ExpressionError(f"loop items '{items.source}' is {type(value).__name__}, not a list.")
+            if value < 0:
+                raise ExpressionError(f"loop items '{written}' is {value}; a count cannot be negative.")
+            value = range(value)
+        if not isinstance(value, (list, range)):
+            raise ExpressionError(f"loop items '{written}' is {describe_value(value)}, not a list or a count.")
+        if len(value) > MAX_LOOP_ITEMS:
+            raise ExpressionError(f"loop items '{written}' has {len(value):,} items; a loop runs at most "
+                                  f"{MAX_LOOP_ITEMS:,} (split the work, or loop over batches).")
         return value
 
     def _loop(self, step: LoopStep, key: str, frame: Frame):
@@ -302,8 +318,8 @@ class StepScheduler:
                             locals=names, item=item, index=position, in_loop=True, echoed_item=undecided is not None)
             return self.run_step(body, child)
 
-        thunks = [lambda scope, p=p, i=i: iteration(p, i, scope) for p, i in enumerate(items)]
-        ok, results = self._run_many(thunks, int(step.max_concurrency or 1), frame)
+        ok, results = self._run_many(len(items), lambda position, scope: iteration(position, items[position], scope),
+                                     int(step.max_concurrency or 1), frame)
         value = [result.value if result is not None else None for result in results]
         error = None if ok else {"kind": "failed", "message": "a loop iteration failed."}
         return ok, value, error, ({"undecided": undecided} if undecided else {})
@@ -325,8 +341,8 @@ class StepScheduler:
             return Result(ok, value, Outcome.SUCCEEDED if ok else Outcome.FAILED)
 
         if strategy == "all":
-            thunks = [lambda scope, m=m: member_run(m, scope) for m in members]
-            ok, results = self._run_many(thunks, self._limit(None), frame)
+            ok, results = self._run_many(len(members), lambda position, scope: member_run(members[position], scope),
+                                         self._limit(None), frame)
             value = {m: r.value for m, r in zip(members, results) if r is not None}
             error = None if ok else {"kind": "failed", "message": "a team member failed."}
             return ok, value, error, {}

@@ -94,6 +94,20 @@ def check_step_key(text: str) -> str:
     return text
 
 
+def step_file(logs_dir: Path, step_key: str, suffix: str) -> Path:
+    """`<logs_dir>/<step key><suffix>`: the one place a step key becomes a file name.
+
+    The key is checked against the allow-list (no '/', not '.' or '..'), whatever its
+    source (a step id, a team member from config.toml, a record on disk), so the path
+    never leaves the execution's logs directory.
+    """
+    name = check_step_key(step_key) + suffix
+    path = logs_dir / name
+    if path.parent != logs_dir or os.path.basename(name) != name:  # belt and braces
+        raise UsageError(f"'{printable(step_key)}' is not a step id.")
+    return path
+
+
 def printable(text: str) -> str:
     """Text from outside, safe in a one-line message: escapes instead of control
     characters, newlines or bidi overrides, and at most 80 characters."""
@@ -185,6 +199,8 @@ def read_json(path: Path) -> Any:
         return json.loads(data)
     except ValueError as err:
         raise StoreError(f"{path} is not valid JSON ({err}).") from err
+    except RecursionError:
+        raise StoreError(f"{path} cannot be read: it nests too deeply.") from None
 
 
 def open_append(path: Path):
@@ -198,13 +214,21 @@ def open_append(path: Path):
 
 
 def read_bytes_nofollow(path: Path, *, offset: int = 0, limit: int = -1) -> bytes:
-    """A file's bytes (from `offset`), refusing a symlink planted in its place."""
+    """A file's bytes (from `offset`), refusing a symlink planted in its place, and a FIFO
+    or a device (a step can put one at its log's path): opened without blocking, checked."""
+    import stat
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         raise
     except OSError as err:
         raise _store_error(path, err) from err
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise StoreError(f"{path} is not a regular file (mode {stat.filemode(mode)}); wfctl does not read it.")
+    os.set_blocking(fd, True)
     with os.fdopen(fd, "rb") as handle:
         if offset:
             handle.seek(offset)
@@ -266,7 +290,7 @@ class Store:
         return self.executions_dir / check_execution_id(execution_id)
 
     def log_path(self, execution_id: str, step_key: str) -> Path:
-        return self.execution_dir(execution_id) / "logs" / f"{check_step_key(step_key)}.log"
+        return step_file(self.execution_dir(execution_id) / "logs", step_key, ".log")
 
     def trace_path(self, workflow_id: str, trace_id: str) -> Path:
         return self.traces_dir / check_workflow_id(workflow_id) / f"{check_execution_id(trace_id)}.json"
@@ -366,10 +390,19 @@ class Store:
         )
 
     def load_frozen_workflow(self, execution_id: str) -> dict:
+        from wfctl.errors import WorkflowInvalid
+        from wfctl.validate import path_name_problems
+
+        path = self.execution_dir(execution_id) / "workflow.json"
         try:
-            return read_json(self.execution_dir(execution_id) / "workflow.json")
+            frozen = read_json(path)
         except FileNotFoundError:
             raise ExecutionNotFound(f"no execution with id {execution_id}.") from None
+        # Its step ids and team members become log file names: checked where they are read.
+        problems = path_name_problems(frozen.get("definition") if isinstance(frozen, dict) else None, file=str(path))
+        if problems:
+            raise WorkflowInvalid(problems)
+        return frozen
 
     def journal_path(self, execution_id: str) -> Path:
         return self.execution_dir(execution_id) / "events.jsonl"
@@ -397,8 +430,8 @@ class Store:
         if cut > 0:
             try:
                 return json.loads(head[:cut] + b"}")
-            except ValueError:
-                pass
+            except (ValueError, RecursionError):
+                pass  # not the head wfctl writes: the whole file says what it is
         trace = self.load_trace(workflow_id, trace_id)
         trace.pop("response", None)
         return trace

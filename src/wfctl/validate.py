@@ -25,7 +25,7 @@ import copy
 import math
 import os
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from wfctl import spec
 from wfctl.depends import Depends, DependsError, Outcome, after, find_cycles, parse_depends, topological_order
@@ -95,6 +95,125 @@ def check_agents_and_teams(
         elif isinstance(step, TeamStep):
             checker.check_team(step.team_id, child_path(step.path, "teamId"))
     return sorted(checker.problems, key=lambda p: p.path)
+
+
+def validate_config(doc: Any, *, file: str, lines: dict[str, int] | None = None) -> list[Problem]:
+    """Every problem of a parsed config.toml (spec.CONFIG), in document order; [] when valid.
+
+    The same checks as a workflow's own `agents:` and `teams:` (names that become parts of
+    file names, exactly one of run/python/http, templates that parse, non-empty member lists),
+    plus the types of `defaults`, `executor`, `[slack]` and `[smtp]`, and unknown keys.
+    """
+    checker = _Validator(file, lines or {}, None, None)
+    checker.block(spec.CONFIG, doc if isinstance(doc, dict) else {}, "", _Scope(), None)
+    return checker.problems
+
+
+def workflow_warnings(
+    doc: Any, *, file: str, lines: dict[str, int] | None = None, config: dict | None = None
+) -> list[Problem]:
+    """What a valid workflow asks for but cannot have: an escalation or a failure notice
+    with nowhere to go. Warnings, not problems: the workflow runs, but nobody would hear.
+
+    `config` (config.toml's data) adds the transports it lacks: `notifications.slack`
+    without `slack.webhook`, `notifications.email` without `smtp.host`.
+    """
+    if not isinstance(doc, dict):
+        return []
+    checker = _Validator(file, lines or {}, None, None)
+    workflow_handling = doc.get("errorHandling") if isinstance(doc.get("errorHandling"), dict) else {}
+    targets = _notification_targets(doc.get("notifications"))
+    for handling, path in _error_handlings(doc):
+        inherited = {} if handling is workflow_handling else workflow_handling
+        if handling.get("escalateOnFailure") is True and not (handling.get("escalateTo") or inherited.get("escalateTo")):
+            checker.report(child_path(path, "escalateOnFailure"),
+                           "escalateOnFailure is true, but no escalateTo names an agent (here or in the workflow's "
+                           "errorHandling): a failure would be marked escalated and reach nobody; add escalateTo: AGENT")
+        if handling.get("notifyOnError") is True and not targets:
+            checker.report(child_path(path, "notifyOnError"),
+                           "notifyOnError is true, but notifications names no webhook, slack, email or command: step "
+                           "failures reach nobody unless `wfctl execute` is given --notify-email, --notify-slack or "
+                           "--notify-webhook")
+    if config is not None:
+        slack = config.get("slack") if isinstance(config.get("slack"), dict) else {}
+        smtp = config.get("smtp") if isinstance(config.get("smtp"), dict) else {}
+        if "slack" in targets and not slack.get("webhook"):
+            checker.report("notifications.slack", "notifications go to a Slack channel, but config.toml has no "
+                                                  "slack.webhook; set it with `wfctl config set slack.webhook URL`")
+        if "email" in targets and not smtp.get("host"):
+            checker.report("notifications.email", "notifications go to email, but config.toml has no smtp.host; "
+                                                  "set it with `wfctl config set smtp.host HOST`")
+    return sorted(checker.problems, key=lambda p: (p.line or 0, p.path))
+
+
+def _notification_targets(block: Any) -> set[str]:
+    """The transports a notifications block names (non-empty values only)."""
+    if not isinstance(block, dict):
+        return set()
+    return {name for name in ("webhook", "slack", "email", "command") if block.get(name)}
+
+
+def _error_handlings(doc: dict) -> list[tuple[dict, str]]:
+    """Every errorHandling mapping of a workflow (its own and every step's) with its path."""
+    found: list[tuple[dict, str]] = []
+    stack: list[tuple[Any, str]] = [(step, child_path("steps", i)) for i, step in enumerate(doc.get("steps") or [])]
+    if isinstance(doc.get("errorHandling"), dict):
+        found.append((doc["errorHandling"], "errorHandling"))
+        stack.append((doc["errorHandling"].get("fallback"), "errorHandling.fallback"))
+    while stack:
+        node, path = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        handling = node.get("errorHandling")
+        if isinstance(handling, dict):
+            found.append((handling, child_path(path, "errorHandling")))
+            stack.append((handling.get("fallback"), child_path(child_path(path, "errorHandling"), "fallback")))
+        for key in ("steps", "then", "else"):
+            value = node.get(key)
+            if isinstance(value, list):
+                stack += [(child, child_path(child_path(path, key), i)) for i, child in enumerate(value)]
+            elif isinstance(value, dict):
+                stack.append((value, child_path(path, key)))
+        if isinstance(node.get("step"), dict):
+            stack.append((node["step"], child_path(path, "step")))
+    return found
+
+
+def path_name_problems(definition: Any, *, file: str) -> list[Problem]:
+    """The names of a stored definition that become parts of file names (step ids, team
+    members), checked again where a record on disk is read: a record edited or damaged
+    outside wfctl must not lead a step's log out of its execution's directory."""
+    if not isinstance(definition, dict):
+        return [Problem(file, "definition", "the stored definition is not a mapping")]
+    id_pattern = re.compile(spec.STEP_ID_PATTERN)
+    member_pattern = re.compile(spec.AGENT_NAME_PATTERN)
+    problems: list[Problem] = []
+    teams = definition.get("teams")
+    for team, body in (teams.items() if isinstance(teams, dict) else ()):
+        members = body.get("members") if isinstance(body, dict) else None
+        for i, member in enumerate(members if isinstance(members, list) else ()):
+            if not isinstance(member, str) or not member_pattern.fullmatch(member):
+                problems.append(Problem(file, f"definition.teams.{team}.members[{i}]",
+                                        f"the team member {describe_value(member)} is not a valid agent name"))
+    stack: list[tuple[Any, str]] = [(definition.get("errorHandling"), "definition.errorHandling")]
+    stack += [(step, f"definition.steps[{i}]") for i, step in enumerate(definition.get("steps") or [])]
+    while stack:
+        node, where = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        if "id" in node and not (isinstance(node["id"], str) and id_pattern.fullmatch(node["id"])):
+            problems.append(Problem(file, f"{where}.id", f"the step id {describe_value(node['id'])} "
+                                                         f"{spec.STEP_ID_HELP}"))
+        for key in ("steps", "then", "else"):
+            value = node.get(key)
+            if isinstance(value, list):
+                stack += [(child, f"{where}.{key}[{i}]") for i, child in enumerate(value)]
+            elif isinstance(value, dict):
+                stack.append((value, f"{where}.{key}"))
+        for key in ("step", "errorHandling", "fallback"):
+            if isinstance(node.get(key), dict):
+                stack.append((node[key], f"{where}.{key}"))
+    return problems
 
 
 def load_workflow(
@@ -359,6 +478,9 @@ class _Validator:
         self.lines = lines
         self.known_agents = set(known_agents) if known_agents is not None else None
         self.known_teams = set(known_teams) if known_teams is not None else None
+        # Teams from config.toml given with their definitions: their members are checked
+        # where a workflow uses them, as a workflow's own teams' members are.
+        self.config_teams: dict = dict(known_teams) if isinstance(known_teams, Mapping) else {}
         self.problems: list[Problem] = []
         # Data flow: the names always produced so far, with an undo log for scoped walks.
         self.avail: set[str] = set()
@@ -399,6 +521,7 @@ class _Validator:
                                        "flatten the workflow")
             return self.problems
         self.tree = tree
+        self.doc = doc
         inputs = doc.get("inputs")
         self.declared: dict | None = inputs if isinstance(inputs, dict) else None
         agents = doc.get("agents")
@@ -471,12 +594,12 @@ class _Validator:
                     ok = False
                     continue
                 item_path = child_path(path, key)
-                if shape.key_pattern and not re.match(shape.key_pattern, key):
+                if shape.key_pattern and not re.fullmatch(shape.key_pattern, key):
                     self.report(item_path, f"the name {key!r} in {label} {shape.key_help}")
                     ok = False
                 ok = self.check_shape(shape.value, item, item_path, f"{label}.{key}") and ok
         elif isinstance(shape, spec.Ref):
-            self.block(spec.BLOCKS[shape.block], value, path, _Scope(), None)
+            self.block(spec.block_named(shape.block), value, path, _Scope(), None)
         elif isinstance(shape, spec.AnyValue):
             ok = self.check_json_value(value, path, label)
         return ok
@@ -519,7 +642,10 @@ class _Validator:
                 self.report(path, f"{block.title.lower()} needs exactly one of {options}; it has {found}")
         where = {"errorHandling": "in errorHandling", "agent": "in an agent", "team": "in a team",
                  "inputDeclaration": "in an input declaration", "secret": "in a secret",
-                 "notifications": "in notifications"}.get(block.name, f"in {block.name}")
+                 "notifications": "in notifications", "scheduleEntry": "in a schedule entry",
+                 "config": f"in {os.path.basename(self.file)}",
+                 "configDefaults": "in [defaults]", "slackConfig": "in [slack]",
+                 "smtpConfig": "in [smtp]"}.get(block.name, f"in {block.name}")
         for key, item in value.items():
             item_path = child_path(path, key) if isinstance(key, str) else path
             field = block.by_name.get(key) if isinstance(key, str) else None
@@ -582,10 +708,30 @@ class _Validator:
             for key, text in value.items():
                 if isinstance(text, str):
                     self.check_template(text, child_path(path, key), scope, step, f"env {key}", allow_task=False)
+        elif role == "schedule":
+            self.check_schedule(value, path)
         elif role == "agent-template":
             for i, text in enumerate(value if isinstance(value, list) else [value]):
                 text_path = child_path(path, i) if isinstance(value, list) else path
                 self.check_template(text, text_path, scope, None, "run", allow_task=True)
+
+    def check_schedule(self, value: Any, path: str) -> None:
+        """What the shapes of `schedule:` cannot say: cron syntax, zones that exist, bounds,
+        and an input that the workflow's inputs accept (schedules.py)."""
+        from wfctl.schedules import entry_problems, input_problems
+
+        entries = value if isinstance(value, list) else [value]
+        for i, entry in enumerate(entries):
+            entry_path = child_path(path, i) if isinstance(value, list) else path
+            if not isinstance(entry, dict):
+                continue
+            for key, message in entry_problems(entry):
+                self.report(child_path(entry_path, key), message)
+            given = entry.get("input", {})
+            if isinstance(given, dict):
+                input_path = child_path(entry_path, "input")
+                for name, message in input_problems(self.doc, given):
+                    self.report(child_path(input_path, name) if name else input_path, message)
 
     # -- steps -------------------------------------------------------------------------------
     def sequence(self, steps: list, path: str, scope: _Scope) -> None:
@@ -847,7 +993,7 @@ class _Validator:
         for name in info.pending:
             self.produce(name)
         output = step.get("output")
-        if isinstance(output, str) and _NAME_RE.match(output):
+        if isinstance(output, str) and _NAME_RE.fullmatch(output):
             self.register_output(output, path, info, scope)
             self.produce(output)
         # `steps.<id>` is readable once the step (and everything inside it: run or
@@ -879,7 +1025,7 @@ class _Validator:
     # -- names -------------------------------------------------------------------------------
     def check_state_name(self, name: Any, path: str, scope: _Scope, step: "_StepInfo") -> None:
         """A name the step reads from state (`input:`, a bare `items`)."""
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             return  # already reported by the type check
         if self.available(name) or name in scope.extras:
             return
@@ -1008,13 +1154,28 @@ class _Validator:
     def check_team(self, name: str, path: str) -> None:
         if self.known_teams is None:
             return
-        if name in self.workflow_teams or name in self.known_teams:
+        if name in self.workflow_teams:
+            return
+        if name in self.known_teams:
+            self.check_config_team_members(name, path)
             return
         existing = sorted(self.workflow_teams | self.known_teams)
         teams = _listing(existing) if existing else "none"
         self.report(path, f"unknown team {name!r}{_aside(did_you_mean(name, existing))}; the teams that exist are "
                           f"{teams}; add it under teams: or with "
                           f"`wfctl team add {name} --member AGENT --strategy round-robin`")
+
+    def check_config_team_members(self, name: str, path: str) -> None:
+        team = self.config_teams.get(name)
+        members = team.get("members") if isinstance(team, dict) else None
+        if self.known_agents is None or not isinstance(members, list):
+            return
+        known = self.workflow_agents | self.known_agents | set(spec.BUILTIN_AGENTS)
+        for member in members:
+            if isinstance(member, str) and member not in known:
+                self.report(path, f"team {name!r} (from config.toml) has the member {member!r}, which is not an "
+                                  f"agent{_aside(did_you_mean(member, sorted(known)))}; the agents that exist are "
+                                  f"{_listing(sorted(known))}")
 
 
 class _Graph:

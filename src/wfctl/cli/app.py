@@ -38,9 +38,10 @@ def root(
     """
 
 
-from wfctl.cli import executions, settings, traces, workflows  # noqa: E402
+from wfctl.cli import executions, schedules, settings, traces, workflows  # noqa: E402
 
 workflows.register(app)
 executions.register(app)
 traces.register(app)
 settings.register(app)
+schedules.register(app)

@@ -4,42 +4,85 @@ from __future__ import annotations
 
 import json as jsonlib
 import sys
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from wfctl.cli.options import Json
-from wfctl.cli.output import emit_json, say, stdout_console
+from wfctl.cli.output import emit_json, say, shown_cell, stdout_console
 from wfctl.errors import UsageError
+
+MAX_INPUT_BYTES = 1024 * 1024  # as workflow files: --input is read whole, so it is bounded
+MAX_INPUT_DEPTH = 64  # levels of nested lists/objects, as workflow files (spec.MAX_VALUE_DEPTH)
 
 
 def parse_input(text: str | None) -> dict[str, Any]:
-    """--input: a JSON object, `@file.json`, or `-` for standard input."""
+    """--input: a JSON object, `@file.json`, or `-` for standard input.
+
+    Untrusted bytes are bounded: at most 1 MiB from any source, a regular file only (a
+    FIFO or /dev/zero would be read for ever), at most 64 levels of nesting.
+    """
     if text is None:
         return {}
-    source = "--input"
-    if text == "-":
-        raw = sys.stdin.read()
-        source = "--input from standard input"
-    elif text.startswith("@"):
-        path = Path(text[1:])
-        try:
-            raw = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise UsageError(f"cannot read --input file {path}: {err.strerror or err}.") from err
-        source = f"--input file {path}"
-    else:
-        raw = text
+    source, raw = _input_text(text)
+    if len(raw) > MAX_INPUT_BYTES:
+        raise UsageError(f"{source} is larger than {MAX_INPUT_BYTES} bytes; --input is limited to 1 MiB "
+                         "(pass large data through a file that a step reads).")
+    _check_input_depth(raw, source)
     try:
         value = jsonlib.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except RecursionError:
+        raise UsageError(f"{source} is nested too deeply; --input may nest at most {MAX_INPUT_DEPTH} levels.") from None
     except ValueError as err:
         raise UsageError(f"{source} is not valid JSON: {err}.") from err
     if _has_infinity(value):
         raise UsageError(f"{source} has a number too large for JSON.")
     if not isinstance(value, dict):
-        raise UsageError(f"{source} must be a JSON object, not {type(value).__name__}.")
+        from wfctl.spec import describe_value
+
+        raise UsageError(f"{source} must be a JSON object, not {describe_value(value)}.")
     return value
+
+
+def _input_text(text: str) -> tuple[str, str]:
+    """(how to name the source in messages, its text) for the three forms of --input."""
+    if text == "-":
+        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+        return "--input from standard input", _decode_input(data, "--input from standard input")
+    if text.startswith("@"):
+        from wfctl.errors import WorkflowInvalid
+        from wfctl.loader import read_bytes
+
+        path = text[1:]
+        source = f"--input file {path}"
+        try:
+            data = read_bytes(path, kind="--input file")
+        except WorkflowInvalid as err:
+            reason = err.problems[0].message
+            hint = "; use --input - to read standard input" if "not a regular file" in reason else ""
+            raise UsageError(f"cannot read --input file {path}: {reason}{hint}.") from None
+        return source, _decode_input(data, source)
+    return "--input", text
+
+
+def _decode_input(data: bytes, source: str) -> str:
+    if len(data) > MAX_INPUT_BYTES:
+        raise UsageError(f"{source} is larger than {MAX_INPUT_BYTES} bytes; --input is limited to 1 MiB "
+                         "(pass large data through a file that a step reads).")
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")  # a BOM is accepted, as in workflow files
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{source} is not valid UTF-8 (byte offset {err.start}).") from None
+
+
+def _check_input_depth(raw: str, source: str) -> None:
+    """Refuse deep nesting before json.loads (and every later walk) recurses into it."""
+    from wfctl.loader import json_too_deep
+
+    offset = json_too_deep(raw, MAX_INPUT_DEPTH)
+    if offset is not None:
+        raise UsageError(f"{source} is nested more than {MAX_INPUT_DEPTH} levels deep (at character {offset + 1}); "
+                         f"--input may nest at most {MAX_INPUT_DEPTH} levels.")
 
 
 def _unique_keys(pairs: list) -> dict:
@@ -56,12 +99,17 @@ def _no_constant(name: str):
 
 
 def _has_infinity(value: Any) -> bool:
-    if isinstance(value, float):
-        return value != value or value in (float("inf"), float("-inf"))
-    if isinstance(value, dict):
-        return any(_has_infinity(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_infinity(v) for v in value)
+    """A non-finite number anywhere (walked without recursion)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 
@@ -93,7 +141,7 @@ def execute(
     fail_fast: Annotated[
         bool, typer.Option("--fail-fast", help="When a step fails, cancel the steps running beside it (kept for resume and retry).")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display; a run that does not complete still says why, in one line.")] = False,
     json: Json = False,
 ) -> None:
     """Run a workflow and show its steps live; the exit code is the execution's."""
@@ -184,7 +232,7 @@ def pause(
 def resume(
     execution_id: Annotated[str, typer.Argument(metavar="EXEC", help="A paused or interrupted execution.")],
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Continue an interrupted execution in the background.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display; a run that does not complete still says why, in one line.")] = False,
     json: Json = False,
 ) -> None:
     """Continue a paused execution, or one whose runner died (crash, kill, reboot)."""
@@ -263,13 +311,17 @@ def finish(document: dict, *, json: bool, quiet: bool) -> None:
     from wfctl import api
 
     if json:
-        emit_json(document)
+        emit_json(document)  # the reasons and every notification's result are in it
     else:
+        from wfctl.notify import undelivered
         from wfctl.render import summary_text
 
         typer.echo(document["executionId"])
-        if not quiet:
+        # --quiet hides progress, never why a run did not complete.
+        if not quiet or document.get("status") != "completed":
             say(summary_text(document))
+        for line in undelivered(document):
+            say(f"warning: {line}")
     code = api.exit_code_for(document)
     if code:
         raise typer.Exit(int(code))
@@ -278,7 +330,7 @@ def finish(document: dict, *, json: bool, quiet: bool) -> None:
 def retry(
     execution_id: Annotated[str, typer.Argument(metavar="EXEC", help="A failed (or cancelled) execution.")],
     step: Annotated[str, typer.Argument(metavar="STEP", help="The step to run again (a nested one too: process[3], team@tom).")],
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display; a run that does not complete still says why, in one line.")] = False,
     json: Json = False,
 ) -> None:
     """Run a failed step again and continue the execution from there; completed steps do not run again."""
@@ -299,16 +351,24 @@ def execution(
     if json:
         emit_json(document)
         return
+    from wfctl.notify import undelivered
+    from wfctl.render import terminal_safe
+
     console = stdout_console()
-    console.print(f"{document['executionId']} · {document.get('workflowName')} ({document.get('workflowId')})")
+    name = terminal_safe(document.get("workflowName"), keep_newlines=False)
+    console.print(f"{document['executionId']} · {name} ({document.get('workflowId')})", markup=False)
     times = f"started {document.get('startedAt')}" if document.get("startedAt") else "not started"
     if document.get("completedAt"):
         times += f" · ended {document['completedAt']}"
     console.print(f"status {document['status']} · {times}", markup=False)
+    if document.get("trigger") == "schedule":
+        console.print(f"started by the scheduler for {document.get('scheduledAt')}", markup=False)
     if document.get("error"):
         console.print("error" + error_text(document["error"], " at "), markup=False)
     if document.get("cancelReason"):
-        console.print(f"cancelled: {document['cancelReason']}", markup=False)
+        console.print(f"cancelled: {terminal_safe(document['cancelReason'], keep_newlines=False)}", markup=False)
+    for line in undelivered(document):
+        console.print(f"warning: {terminal_safe(line, keep_newlines=False)}", markup=False)
     console.print(execution_table(document))
 
 
@@ -328,16 +388,17 @@ def executions(
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for column in ("execution", "workflow", "status", "progress", "started"):
+    for column in ("execution", "workflow", "status", "progress", "started", "trigger"):
         table.add_column(column, no_wrap=True)
     for element in envelope["elements"]:
         progress = element.get("progress") or {}
         table.add_row(
             element["executionId"],
-            element.get("workflowName") or "",
+            shown_cell(element.get("workflowName")),
             (element.get("status") or "") + (" (dry run)" if element.get("dryRun") else ""),
             f"{progress.get('completed', 0)}/{progress.get('total', 0)}" if progress else "",
             (element.get("startedAt") or "")[:19],
+            element.get("trigger") or "manual",
         )
     stdout_console().print(table)
     for element in envelope["elements"]:

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from wfctl.render import event_line, execution_table
+from wfctl.render import event_line, execution_table, terminal_safe
 
 REFRESH_SECONDS = 0.1
 
@@ -25,7 +25,8 @@ class PlainProgress:
         pass
 
     def start(self, document: dict) -> None:
-        sys.stderr.write(f"{document['executionId']} started · {document.get('workflowName')}\n")
+        scheduled = f" · scheduled for {document['scheduledAt']}" if document.get("scheduledAt") else ""
+        sys.stderr.write(f"{document['executionId']} started · {terminal_safe(document.get('workflowName'))}{scheduled}\n")
         sys.stderr.flush()
 
     def __call__(self, event: dict, state: Any) -> None:

@@ -23,9 +23,21 @@ def emit_json(document: Any) -> None:
 
 
 def say(text: str) -> None:
-    """A message for people, on stderr."""
-    sys.stderr.write(text + "\n")
+    """A message for people, on stderr; control characters from names, step output or
+    errors are shown escaped, never sent to the terminal raw."""
+    from wfctl.render import terminal_safe
+
+    sys.stderr.write(terminal_safe(text) + "\n")
     sys.stderr.flush()
+
+
+def shown_cell(value: object):
+    """A table cell holding text from outside: never Rich markup, control characters escaped."""
+    from rich.text import Text
+
+    from wfctl.render import terminal_safe
+
+    return Text(terminal_safe("" if value is None else value, keep_newlines=False))
 
 
 def stdout_console():

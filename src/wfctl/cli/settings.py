@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from wfctl.cli.options import Json
-from wfctl.cli.output import emit_json, say, stdout_console
+from wfctl.cli.output import emit_json, say, shown_cell, stdout_console
 from wfctl.errors import UsageError
 
 config_app = typer.Typer(help="Read and change config.toml (defaults, SMTP, Slack webhook, executor).", no_args_is_help=True)
@@ -55,13 +55,37 @@ def config_set(
     """Set a value in config.toml."""
     from wfctl.config import Config, parse_config_value
 
-    config = Config()
+    config = Config(check=False)  # a file with problems can be repaired with `config set`
     parsed = parse_config_value(value)
     config.set(key, parsed)
     if json:
         emit_json({"key": key, "value": parsed, "path": str(config.path)})
     else:
         say(f"{key} = {parsed!r} in {config.path}")
+    warn_remaining(config)
+
+
+@config_app.command("unset")
+def config_unset(
+    key: Annotated[str, typer.Argument(help="A dotted key such as defaults.max_running.")],
+    json: Json = False,
+) -> None:
+    """Remove a value from config.toml (its built-in default applies again)."""
+    from wfctl.config import Config
+
+    config = Config(check=False)
+    config.unset(key)
+    if json:
+        emit_json({"key": key, "removed": True, "path": str(config.path)})
+    else:
+        say(f"{key} removed from {config.path}")
+    warn_remaining(config)
+
+
+def warn_remaining(config) -> None:
+    """After a change: the problems the file still has, one warning each (the change was saved)."""
+    for problem in config.remaining_problems():
+        say(f"warning: {problem}")
 
 
 @agent_app.command("add")
@@ -78,12 +102,13 @@ def agent_add(
     given = {k: v for k, v in (("run", run), ("python", python), ("http", http)) if v is not None}
     if len(given) != 1:
         raise UsageError("give exactly one of --run, --python or --http.")
-    config = Config()
+    config = Config(check=False)
     config.add_agent(name, given)
     if json:
         emit_json({"name": name, **given})
     else:
         say(f"agent '{name}' saved in {config.path}")
+    warn_remaining(config)
 
 
 @agent_app.command("list")
@@ -103,7 +128,7 @@ def agent_list(json: Json = False) -> None:
     table.add_column("definition")
     for name, definition in sorted(agents.items()):
         kind = next((k for k in ("run", "python", "http") if k in definition), "?")
-        table.add_row(name, kind, str(definition.get(kind, "")))
+        table.add_row(name, kind, shown_cell(definition.get(kind, "")))
     stdout_console().print(table)
 
 
@@ -112,11 +137,13 @@ def agent_remove(name: Annotated[str, typer.Argument(help="The agent's name.")],
     """Remove an agent from config.toml."""
     from wfctl.config import Config
 
-    Config().remove_agent(name)
+    config = Config(check=False)  # removing a broken agent is how a person repairs the file
+    config.remove_agent(name)
     if json:
         emit_json({"removed": name})
     else:
         say(f"agent '{name}' removed")
+    warn_remaining(config)
 
 
 @team_app.command("add")
@@ -129,12 +156,13 @@ def team_add(
     """Add (or replace) a team in config.toml."""
     from wfctl.config import Config
 
-    config = Config()
+    config = Config(check=False)
     config.add_team(name, member, strategy)
     if json:
         emit_json({"name": name, "members": member, "strategy": strategy})
     else:
         say(f"team '{name}' saved in {config.path}")
+    warn_remaining(config)
 
 
 @team_app.command("list")
@@ -152,7 +180,7 @@ def team_list(json: Json = False) -> None:
     for column in ("team", "strategy", "members"):
         table.add_column(column)
     for name, team in sorted(teams.items()):
-        table.add_row(name, str(team.get("strategy", "round-robin")), ", ".join(team.get("members", [])))
+        table.add_row(name, str(team.get("strategy", "round-robin")), shown_cell(", ".join(team.get("members", []))))
     stdout_console().print(table)
 
 
@@ -161,11 +189,13 @@ def team_remove(name: Annotated[str, typer.Argument(help="The team's name.")], j
     """Remove a team from config.toml."""
     from wfctl.config import Config
 
-    Config().remove_team(name)
+    config = Config(check=False)
+    config.remove_team(name)
     if json:
         emit_json({"removed": name})
     else:
         say(f"team '{name}' removed")
+    warn_remaining(config)
 
 
 def register(app: typer.Typer) -> None:

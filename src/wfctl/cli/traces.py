@@ -26,11 +26,11 @@ def traces(
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for column in ("trace", "status", "run date"):
+    for column in ("trace", "status", "run date", "trigger"):
         table.add_column(column, no_wrap=True)
     for element in envelope["elements"]:
         status = element["status"] + (" (dry run)" if element.get("dryRun") else "")
-        table.add_row(element["id"], status, element["run_date"][:19])
+        table.add_row(element["id"], status, element["run_date"][:19], element.get("trigger") or "manual")
     stdout_console().print(table)
     pages = envelope["pages"]
     say(f"{envelope['count']} trace{'s' if envelope['count'] != 1 else ''} · page {pages['current']} of {pages['max']}")
@@ -54,6 +54,8 @@ def trace(
     console = stdout_console()
     dry = " (dry run)" if document.get("dryRun") else ""
     console.print(f"trace {document['id']} · {document['status']}{dry} · {document['run_date']}", markup=False)
+    if document.get("trigger") == "schedule":
+        console.print(f"started by the scheduler for {document.get('scheduled_at')}", markup=False)
     table = Table(box=None, pad_edge=False)
     for column in ("stage", "status", "duration", "attempts"):
         table.add_column(column, no_wrap=True)

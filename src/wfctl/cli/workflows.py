@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from wfctl.cli.options import Json
-from wfctl.cli.output import emit_json, say, stdout_console
+from wfctl.cli.output import emit_json, say, shown_cell, stdout_console
 
 
 def validate(
@@ -22,11 +22,15 @@ def validate(
     from wfctl import api
 
     problems = api.validate(file, check_agents=not skip_agents)
+    warnings = [] if problems else api.warnings(file, check_config=not skip_agents)
     if json:
-        emit_json({"file": str(file), "valid": not problems, "problems": [p.to_dict() for p in problems]})
+        emit_json({"file": str(file), "valid": not problems, "problems": [p.to_dict() for p in problems],
+                   "warnings": [w.to_dict() for w in warnings]})
     else:
         for problem in problems:
             say(str(problem))
+        for warning in warnings:
+            say(f"warning: {warning}")
         if not problems:
             say(f"{file}: valid")
         else:
@@ -49,15 +53,17 @@ def create(
     else:
         typer.echo(workflow["workflowId"])
         say(f"registered '{workflow['name']}' as {workflow['workflowId']} (version {workflow['version']}, {workflow['status']})")
+    for warning in api.warnings(file, check_config=True):
+        say(f"warning: {warning}")
 
 
 def list_(
     status: Annotated[Optional[str], typer.Option(help="Only workflows with this status: draft or active.")] = None,
     category: Annotated[Optional[str], typer.Option(help="Only workflows of this category.")] = None,
-    page: Annotated[int, typer.Option(help="Page number, from 1.")] = 1,
+    page: Annotated[Optional[int], typer.Option(help="Page number, from 1 (default 1).")] = None,
     size: Annotated[Optional[int], typer.Option(help="Workflows per page (at most 100; default 50).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="At most this many (instead of --page/--size).")] = None,
-    offset: Annotated[Optional[int], typer.Option(help="Skip this many first (with --limit).")] = None,
+    offset: Annotated[Optional[int], typer.Option(help="Skip this many first (with --limit; not with --page/--size).")] = None,
     json: Json = False,
 ) -> None:
     """List registered workflows."""
@@ -75,9 +81,9 @@ def list_(
     for element in envelope["elements"]:
         table.add_row(
             element["id"],
-            element["name"] or "",
+            shown_cell(element["name"]),
             element["status"],
-            element.get("category") or "",
+            shown_cell(element.get("category")),
             str(element["tasks_count"]),
             (element.get("createdAt") or "")[:19],
         )
@@ -101,8 +107,11 @@ def show(
 
     header = {k: document.get(k) for k in ("workflowId", "name", "version", "status", "createdAt", "updatedAt", "source")}
     body = {k: v for k, v in document.items() if k not in header and v is not None}
-    typer.echo(yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip())
-    typer.echo(yaml.safe_dump(body, sort_keys=False, allow_unicode=True).rstrip())
+    from wfctl.render import terminal_safe
+
+    # YAML escapes most control characters itself, but not bidi overrides.
+    typer.echo(terminal_safe(yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip()))
+    typer.echo(terminal_safe(yaml.safe_dump(body, sort_keys=False, allow_unicode=True).rstrip()))
 
 
 def delete(

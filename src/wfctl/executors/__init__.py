@@ -7,7 +7,7 @@ cluster. `open_executor` picks one from an address (`local`, `dask://HOST:PORT`)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 if TYPE_CHECKING:
     from wfctl.agents import AttemptContext, Outcome
@@ -26,6 +26,34 @@ class Executor(Protocol):
     def close(self) -> None:
         """Release what the executor holds (a cluster connection)."""
         ...
+
+
+class CallableExecutor:
+    """An executor given as a plain callable `(agent, ctx) -> Outcome` (the hook's first
+    form, still accepted by Settings): it runs the attempts, nothing to close."""
+
+    runs_in_process = False
+
+    def __init__(self, call: Callable[[dict, "AttemptContext"], "Outcome"]) -> None:
+        self.call = call
+
+    def run(self, agent: dict, ctx: "AttemptContext") -> "Outcome":
+        return self.call(agent, ctx)
+
+    def close(self) -> None:
+        pass
+
+
+def as_executor(value: Executor | Callable | None) -> Executor:
+    """An Executor from what a caller gave: None is this machine, a plain callable is
+    wrapped, an Executor is itself."""
+    if value is None:
+        from wfctl.executors.local import LocalExecutor
+
+        return LocalExecutor()
+    if hasattr(value, "run") and hasattr(value, "close"):
+        return value  # type: ignore[return-value]
+    return CallableExecutor(value)
 
 
 def open_executor(address: str | None) -> Executor:

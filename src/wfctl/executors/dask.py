@@ -28,8 +28,14 @@ the scheduler drops with the task, so nothing is left behind):
   cancelled and terminates the step's process group (no orphan keeps running).
 - a worker that dies mid-step: the scheduler would run the task again elsewhere; the
   worker records itself in `[key, "worker"]` first, so that second run sees it and
-  reports an infrastructure failure (kind `failed`, retried by the step's policy, as a
-  new attempt that can land on any worker) instead of running the step twice unseen.
+  reports an infrastructure failure (kind `failed`, `infrastructure: true`) instead of
+  running the step twice unseen. The engine runs such an attempt again as a new one (on
+  a live worker), `defaults.infrastructure_retries` times, apart from the step's own
+  retry policy, which only sees the failure once that bound is spent.
+
+A python agent runs in a child process on the worker, which checks its result with
+wfctl's own values.py (shipped ahead of the child's script): the same rules and the
+same messages as in-process, and only the bounded JSON text of the result travels back.
 
 The code that runs on workers (the "worker side" below) uses only the standard
 library and `distributed`, and this module is pickled by value: workers need
@@ -54,6 +60,7 @@ from wfctl import procgroup  # standard library only; shipped to workers by valu
 TICK = 0.2  # how often the worker checks the step, the client its future
 CANCEL_POLL = 0.5  # how often the worker asks the scheduler whether the attempt is cancelled
 KILL_GRACE = 2.0  # SIGTERM, then SIGKILL after this long
+REAP_WAIT = 5.0  # after SIGKILL, how long the step's exit is waited for at most
 REPORT_WAIT = 6.0  # after a cancel, how long the client waits for the worker's report
 CONNECT_TIMEOUT = 5.0
 REPORT_LIMIT = 32 * 1024 * 1024  # bytes of stdout and of stderr a worker sends back for the log
@@ -205,6 +212,7 @@ class DaskExecutor:
             "kind": kind,
             "argv": argv,
             "python": agent.get("python"),
+            "script": child_script() if kind == "python" else None,
             "label": label,
             "env": own,
             "stdin": context,
@@ -212,6 +220,9 @@ class DaskExecutor:
             "base": os.getcwd(),
             "timeout": float(ctx.timeout) if ctx.timeout else None,
             "nice": int(ctx.nice or 0),
+            # $WFCTL_OUTPUT comes back this much longer than the cap: it is masked here
+            # before it is cut, so a secret across the cut is still masked whole.
+            "mask_margin": int(getattr(getattr(ctx, "masker", None), "longest", 0) or 0),
         }
 
     # -- waiting for the worker ----------------------------------------------------------
@@ -309,7 +320,7 @@ def _outcome(report: dict, payload: dict, ctx: Any) -> Any:
     masker = getattr(ctx, "masker", None)
     text = _inline(masker.data(stdout) if masker else stdout, report.get("stdout_size", len(stdout)))
     log_text = log.decode("utf-8", "replace")
-    result = report.get("python")
+    result = _python_report(report.get("python_json"))
     if payload["kind"] == "python":
         outcome = _python_outcome(payload, ctx, code, ended_by, result, log_text)
         if not outcome.ok or log or ctx.attempt > 1:
@@ -324,12 +335,17 @@ def _outcome(report: dict, payload: dict, ctx: Any) -> Any:
     elif ended_by in ("cancelled", "abandoned"):
         outcome = failure("cancelled", "cancelled while running.", code)
     elif code != 0:
-        last = _last_line(text) or _last_meaningful(log_text)
+        # As locally: the last line of stderr (the worker's log) says why, else stdout's.
+        last = _last_meaningful(log_text) or _last_line(stdout[-4096:].decode("utf-8", "replace"))
         message = f"exited with code {code}" if code is not None and code > 0 else f"killed by signal {-(code or 0)}"
         outcome = failure("failed", message + (f": {last}" if last else "."), code)
     else:
         output_file = report.get("output_file")
-        chosen = _output_file_text(output_file) if output_file is not None else text
+        if isinstance(output_file, str):  # the worker could not read it (a FIFO, a device)
+            outcome = failure("error", output_file, code)
+            outcome.worker = worker
+            return outcome
+        chosen = _output_file_text(output_file, masker) if output_file is not None else text
         outcome = Outcome(ok=True, output=parse_result(chosen), exit_code=code)
     outcome.worker = worker
     return outcome
@@ -353,6 +369,27 @@ def _python_outcome(payload: dict, ctx: Any, code: Any, ended_by: str, result: A
     return failure("failed", f"python {payload['python']} {message}" + (f": {last}" if last else "."))
 
 
+def _python_report(data: bytes | None) -> dict | None:
+    """The child's report ({stage, output | message}), decoded with the bounds of any
+    untrusted text; None when it wrote none, or nothing wfctl can read."""
+    from wfctl.values import MAX_DEPTH, nests_deeper_than
+
+    if not data or len(data) > REPORT_LIMIT:
+        return None
+    text = data.decode("utf-8", "replace")
+    if nests_deeper_than(text, MAX_DEPTH + 1):  # the report wraps the result: one level more
+        return None
+    try:
+        document = json.loads(text, parse_constant=_refuse)
+    except (ValueError, RecursionError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _refuse(name: str) -> Any:
+    raise ValueError(name)
+
+
 def _inline(stdout: bytes, total: int) -> str:
     """stdout as kept in the record: its beginning, marked when cut (as run_command does)."""
     from wfctl.agents import INLINE_OUTPUT_LIMIT
@@ -363,13 +400,17 @@ def _inline(stdout: bytes, total: int) -> str:
     return text
 
 
-def _output_file_text(data: bytes) -> str:
-    from wfctl.agents import INLINE_OUTPUT_LIMIT
+def _output_file_text(data: bytes, masker: Any = None) -> str:
+    """The beginning of $WFCTL_OUTPUT as the worker sent it: masked, then cut (a stream
+    masker keeps back what could be the start of a secret the worker's copy cut off)."""
+    from wfctl.agents import INLINE_OUTPUT_LIMIT, OUTPUT_FILE_MARKER
 
+    if masker:
+        stream = masker.stream()
+        whole = len(data) <= INLINE_OUTPUT_LIMIT
+        data = stream.feed(data) + (stream.flush() if whole else b"")
     if len(data) > INLINE_OUTPUT_LIMIT:
-        return data[:INLINE_OUTPUT_LIMIT].decode("utf-8", "replace") + (
-            f"\n[output truncated: more than {INLINE_OUTPUT_LIMIT} bytes were written to $WFCTL_OUTPUT]"
-        )
+        return data[:INLINE_OUTPUT_LIMIT].decode("utf-8", "replace") + OUTPUT_FILE_MARKER
     return data.decode("utf-8", "replace")
 
 
@@ -381,7 +422,8 @@ def _last_meaningful(text: str) -> str:
 
 
 def _write_log(ctx: Any, payload: dict, worker: str | None, note: str | None, log: bytes, stdout: bytes, last: str) -> None:
-    from wfctl.agents import _open_log
+    from wfctl.agents import StepStorageError, _open_log
+    from wfctl.stepfiles import NotRegularFile
 
     where = f"on worker {worker}" if worker else "on the cluster (no worker reported)"
     parts = [f"=== attempt {ctx.attempt} · {payload['label']}\n=== {where}\n".encode("utf-8", "replace")]
@@ -396,8 +438,13 @@ def _write_log(ctx: Any, payload: dict, worker: str | None, note: str | None, lo
     masker = getattr(ctx, "masker", None)
     if masker:
         data = masker.data(data)  # secrets never reach the log file
-    with _open_log(ctx.log_path) as handle:
-        handle.write(data)
+    try:
+        with _open_log(ctx.log_path) as handle:
+            handle.write(data)
+    except StepStorageError as err:
+        getattr(ctx, "storage_failed", lambda message: None)(err.message)  # the disk failed: the run stops
+    except NotRegularFile:
+        pass  # something a step put at the log's path is not written to
 
 
 # -- worker side: standard library and distributed only ------------------------------------
@@ -411,12 +458,22 @@ for folder in (base, os.getcwd()):
     if folder and os.path.isdir(folder) and folder not in sys.path:
         sys.path.insert(0, folder)
 def report(document):
-    try:
-        text = json.dumps(document, ensure_ascii=False, default=str)
-    except (TypeError, ValueError) as err:
-        text = json.dumps({"stage": "call", "message": "the result is not JSON: %s" % err})
     with open(result_path, "w", encoding="utf-8") as handle:
-        handle.write(text)
+        handle.write(json.dumps(document, ensure_ascii=False, allow_nan=False))
+def failure_text(err):
+    # As the local python agent says it (agents.exception_text).
+    if isinstance(err, SystemExit):
+        return "SystemExit: the agent called sys.exit(%s)" % ("" if err.code is None else repr(err.code)[:200])
+    if isinstance(err, KeyboardInterrupt):
+        return "KeyboardInterrupt: raised by the agent"
+    try:
+        text = str(err)
+    except Exception:
+        text = "<its message cannot be shown>"
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    if len(text) > 2000:
+        text = text[:2000] + "... (the whole message is in wfctl logs)"
+    return "%s: %s" % (type(err).__name__, text)
 try:
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
@@ -426,18 +483,41 @@ try:
         function = getattr(function, part)
     if not callable(function):
         raise ValueError("python agent '%s' is not callable" % target)
-except Exception as err:
-    report({"stage": "load", "message": "cannot load python agent '%s': %s: %s" % (target, type(err).__name__, err)})
+except BaseException as err:
+    report({"stage": "load", "message": "cannot load python agent '%s': %s" % (target, failure_text(err))})
     sys.exit(3)
 context = json.loads(sys.stdin.buffer.read() or b"null")
 try:
     value = function(context)
-except Exception as err:
+except BaseException as err:  # sys.exit() included: the attempt fails, as locally
     traceback.print_exc()
-    report({"stage": "call", "message": "%s: %s" % (type(err).__name__, err)})
+    report({"stage": "call", "message": failure_text(err)})
     sys.exit(1)
-report({"stage": "done", "output": value})
+try:
+    bounded = bound(value)  # values.py, shipped ahead of this script
+except NotJSON as problem:
+    report({"stage": "result", "message": "python agent '%s' returned a value that is not JSON data: %s." % (target, problem)})
+    sys.exit(1)
+if bounded.spill is not None:
+    sys.stdout.write("--- result (JSON) ---\n" + bounded.spill + "\n")
+report({"stage": "done", "output": bounded.value})
 """
+
+
+def child_script() -> str:
+    """What the process that calls a python agent on a worker runs: wfctl's own check of
+    results (values.py, standard library only) followed by PYTHON_CHILD."""
+    global _CHILD_SCRIPT
+    if _CHILD_SCRIPT is None:
+        from pathlib import Path
+
+        from wfctl import values
+
+        _CHILD_SCRIPT = Path(values.__file__).read_text(encoding="utf-8") + "\n" + PYTHON_CHILD
+    return _CHILD_SCRIPT
+
+
+_CHILD_SCRIPT: str | None = None
 
 
 def remote_attempt(payload: dict) -> dict:
@@ -488,7 +568,7 @@ def _run_here(payload: dict, report: dict, worker: Any, key: Any, client: Any, f
     env["WFCTL_OUTPUT"] = output_path
     python = payload["kind"] == "python"
     if python:
-        argv = [sys.executable, "-c", PYTHON_CHILD, payload["python"], result_path, payload["base"]]
+        argv = [sys.executable, "-c", payload["script"], payload["python"], result_path, payload["base"]]
     else:
         argv = list(payload["argv"])
     if payload.get("nice"):
@@ -523,10 +603,10 @@ def _run_here(payload: dict, report: dict, worker: Any, key: Any, client: Any, f
     waiter.start()
     report["ended_by"] = _supervise(exited, payload.get("timeout"), worker, key, client)
     if report["ended_by"] == "exit":
-        procgroup.kill_leftovers(proc)  # leftovers in the step's group do not outlive it
+        procgroup.kill_group(proc)  # leftovers in the step's group do not outlive it
     else:
-        procgroup.terminate_group(proc, KILL_GRACE, exited=exited.wait)
-    waiter.join()
+        procgroup.terminate_group(proc, KILL_GRACE, exited=exited.wait, reap=REAP_WAIT)
+    waiter.join(REAP_WAIT)  # a step stuck in the kernel after SIGKILL is not waited for forever
     if reader is not None:
         reader.join(KILL_GRACE)
     feeder.join(KILL_GRACE)
@@ -535,18 +615,42 @@ def _run_here(payload: dict, report: dict, worker: Any, key: Any, client: Any, f
     report["stdout"] = _bounded(b"".join(chunks), seen[0])
     with open(log_path, "rb") as handle:
         report["log"] = _bounded(handle.read(REPORT_LIMIT + 1), os.path.getsize(log_path))
-    try:
-        with open(output_path, "rb") as handle:
-            report["output_file"] = handle.read(OUTPUT_FILE_LIMIT + 1)
-    except OSError:
-        report["output_file"] = None
+    report["output_file"] = _read_output_file(output_path, OUTPUT_FILE_LIMIT + 1 + int(payload.get("mask_margin") or 0))
     if python:
+        # The text as the child wrote it: decoded (with bounds) on the client, not here.
         try:
-            with open(result_path, encoding="utf-8") as handle:
-                report["python"] = json.load(handle)
-        except (OSError, ValueError):
-            report["python"] = None
+            with open(result_path, "rb") as handle:
+                report["python_json"] = handle.read(REPORT_LIMIT + 1)
+        except OSError:
+            report["python_json"] = None
     return report
+
+
+def _read_output_file(path: str, limit: int) -> Any:
+    """$WFCTL_OUTPUT's first `limit` bytes; None when the step wrote none; a sentence when
+    it is not a regular file (a FIFO there must not block the worker: O_NONBLOCK, fstat)."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"$WFCTL_OUTPUT ({path}) cannot be read: {err.strerror or err}; wfctl reads results only from regular files."
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return f"$WFCTL_OUTPUT ({path}) is not a regular file; wfctl reads results only from regular files."
+        os.set_blocking(fd, True)
+        chunks, left = [], limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _bounded(data: bytes, total: int) -> bytes:
