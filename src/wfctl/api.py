@@ -465,13 +465,8 @@ def _run_options(config: Config, options: dict, document: dict, **listeners: Any
 
 def infrastructure_retries(config: Config) -> int:
     """`defaults.infrastructure_retries`: how often an attempt a Dask worker's death cost
-    is run again (0 or more)."""
-    value = config.default("infrastructure_retries")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UsageError(
-            f"defaults.infrastructure_retries in {config.path} must be a whole number, 0 or more, not {value!r}."
-        )
-    return value
+    is run again (0 or more; config.toml's validation has checked its type)."""
+    return int(config.default("infrastructure_retries"))
 
 
 RETRYABLE_EXECUTIONS = ("failed", "cancelled", "timed_out", "interrupted")
