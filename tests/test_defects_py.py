@@ -622,7 +622,8 @@ def test_nothing_is_written_for_a_bad_infrastructure_retries_setting(wfctl, work
     config.write_text("[defaults]\ninfrastructure_retries = -1\n")
     before = tree_snapshot(wfctl_home)
     result = wfctl("execute", path, code=2)
-    assert "defaults.infrastructure_retries" in result.stderr and "whole number" in result.stderr
+    assert "config.toml:2: defaults.infrastructure_retries" in result.stderr
+    assert "must be a non-negative integer, not the number -1" in result.stderr
     assert tree_snapshot(wfctl_home) == before
 
 
