@@ -71,11 +71,13 @@ class AbortScope:
     any scope above it is: the root is the execution's cancel; a list run under
     `--fail-fast` aborts its own scope when one of its steps fails."""
 
-    __slots__ = ("_event", "parent")
+    __slots__ = ("_event", "parent", "aborted")
 
     def __init__(self, parent: "AbortScope | None" = None, event: threading.Event | None = None) -> None:
         self.parent = parent
         self._event = event or threading.Event()
+        # `aborted()` is asked several times per step: the root's is its event's own check.
+        self.aborted: Callable[[], bool] = self._event.is_set if parent is None else self._chain_aborted
 
     def child(self) -> "AbortScope":
         return AbortScope(self)
@@ -83,13 +85,8 @@ class AbortScope:
     def abort(self) -> None:
         self._event.set()
 
-    def aborted(self) -> bool:
-        scope: AbortScope | None = self
-        while scope is not None:
-            if scope._event.is_set():
-                return True
-            scope = scope.parent
-        return False
+    def _chain_aborted(self) -> bool:
+        return self._event.is_set() or self.parent.aborted()
 
 
 @dataclass(frozen=True)
@@ -114,6 +111,11 @@ class Frame:
 
     def within(self, scope: AbortScope) -> "Frame":
         return replace(self, scope=scope)
+
+    def iteration(self, scope: AbortScope, suffix: str, parent: str, names: dict, item: Any, index: int,
+                  echoed_item: bool) -> "Frame":
+        """The frame of one loop iteration (built directly: a loop makes one per item)."""
+        return Frame(scope, suffix, parent, names, item, index, True, self.in_fallback, echoed_item, self.inherited)
 
 
 class Result(NamedTuple):
@@ -143,6 +145,7 @@ class RunContext:
         self.settings = settings
         self.emit = emit
         self.clock = clock
+        self.now: Callable[[], str] = clock.now_iso  # an ISO time for an event
         # Step instances that completed in an earlier run of this execution (resume,
         # retry) are never run again; their outputs are reused.
         self.completed = dict(prior.completed)
@@ -263,8 +266,6 @@ class RunContext:
                     return
                 self.cancel_event.wait(min(remaining, 0.1))
 
-    def now(self) -> str:
-        return self.clock.now_iso()
 
     # -- state -------------------------------------------------------------------------------
     def scope_of(self, frame: Frame) -> ChainMap:

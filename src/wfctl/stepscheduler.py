@@ -16,7 +16,6 @@ bounded runner (bounded.py). Leaf attempts are the attempt runner's (attempts.py
 from __future__ import annotations
 
 import heapq
-from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from wfctl import events
@@ -314,8 +313,8 @@ class StepScheduler:
         def iteration(position: int, item: Any, scope: AbortScope) -> Result:
             names = dict(frame.locals or {})
             names.update({"item": item, "index": position})
-            child = replace(frame, scope=scope, suffix=iteration_suffix(frame.suffix, position), parent=key,
-                            locals=names, item=item, index=position, in_loop=True, echoed_item=undecided is not None)
+            child = frame.iteration(scope, iteration_suffix(frame.suffix, position), key, names, item, position,
+                                    undecided is not None)
             return self.run_step(body, child)
 
         ok, results = self._run_many(len(items), lambda position, scope: iteration(position, items[position], scope),
