@@ -385,6 +385,13 @@ class Store:
         except FileNotFoundError:
             raise TraceNotFound(f"no trace {trace_id} for workflow {workflow_id}.") from None
 
+    def remove_trace(self, workflow_id: str, trace_id: str) -> None:
+        """Remove a trace, if there is one."""
+        try:
+            os.unlink(self.trace_path(workflow_id, trace_id))
+        except (FileNotFoundError, UsageError):
+            pass
+
     def trace_summary(self, workflow_id: str, trace_id: str) -> dict:
         """A trace's fields before `response` (id, status, run_date, duration, ...),
         read from the start of its file: traces of long runs are megabytes."""
