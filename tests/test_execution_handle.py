@@ -1,21 +1,24 @@
 """The execution handle (one `executions/<id>/` directory and every operation on it),
-its journal reader and writer, and the run slots. In-process, on real files in
-tmp_path: the test plays the runner where it needs one (it takes the real runner lock
-and appends through the real writer).
+its journal reader and writer, the run slots, and Workspaces that hold their own data
+directory and config. In-process, on real files in tmp_path: the test plays the runner
+where it needs one (it takes the real runner lock and appends through the real writer).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 
 import pytest
 
-from wfctl import faults
-from wfctl.errors import Conflict, ExecutionNotFound, StoreError
+from lifecycle_helpers import wait_for
+from wfctl import api, faults
+from wfctl.errors import Conflict, ExecutionNotFound, StoreError, WorkflowInvalid
 from wfctl.execution_dir import ExecutionHandle, RunSlots
 from wfctl.journal import JournalReader, JournalWriter
-from wfctl.record import new_document
+from wfctl.record import new_document, now_iso
+from wfctl.runner import Recorder
 from wfctl.store import Store, new_id
 
 WORKFLOW = {"name": "two", "steps": [{"id": "a", "run": "echo a"}, {"id": "b", "run": "echo b"}]}
@@ -248,3 +251,88 @@ def test_without_a_limit_there_are_no_slots_to_take(store, handle):
     with RunSlots(store, None).hold(handle, "normal", wait=True):
         assert not handle.is_queued()
     assert not (store.root / "slots").exists() and not (store.root / "queue").exists()
+
+
+# -- Workspaces ---------------------------------------------------------------------------------
+@pytest.fixture
+def two_workspaces(tmp_path):
+    """Two Workspaces with their own data directory and config: only the first knows
+    the agent `shout`."""
+    first_config = tmp_path / "first.toml"
+    first_config.write_text('[agents.shout]\nrun = "echo SHOUT"\n')
+    first = api.Workspace(home=tmp_path / "first", config=first_config)
+    second = api.Workspace(home=tmp_path / "second", config=tmp_path / "second.toml")
+    workflow = tmp_path / "shouts.yaml"
+    workflow.write_text("name: shouts\nsteps:\n  - {id: say, agent: shout, output: said}\n")
+    return first, second, workflow
+
+
+def test_two_workspaces_in_one_process_do_not_mix(two_workspaces, tmp_path, wfctl_home):
+    first, second, workflow = two_workspaces
+    document = first.execute(str(workflow))
+    assert document["status"] == "completed"
+    assert document["steps"][0]["output"] == {"said": "SHOUT"}  # the first config's agent
+    with pytest.raises(WorkflowInvalid, match="shout"):
+        second.prepare(str(workflow))  # the second config has no such agent
+    assert second.list()["count"] == 0 and second.list_executions()["count"] == 0
+    with pytest.raises(ExecutionNotFound):
+        second.get_execution(document["executionId"])
+    assert first.list_executions()["elements"][0]["executionId"] == document["executionId"]
+    assert first.traces("shouts")["count"] == 1
+    assert not wfctl_home.exists()  # $WFCTL_HOME was never written to
+
+    # Each keeps its own registry: the same name is a different workflow in each.
+    second.create({"name": "shouts", "steps": [{"id": "say", "run": "echo quiet"}]})
+    assert second.get("shouts")["workflowId"] != first.get("shouts")["workflowId"]
+
+
+def test_the_default_workspace_follows_the_environment_at_each_call(two_workspaces, monkeypatch):
+    first, _second, workflow = two_workspaces
+    execution_id = first.prepare(str(workflow))
+    with pytest.raises(ExecutionNotFound):
+        api.get_execution(execution_id)  # $WFCTL_HOME is another directory
+    monkeypatch.setenv("WFCTL_HOME", str(first.home))
+    monkeypatch.setenv("WFCTL_CONFIG", str(first.config_path))
+    assert api.get_execution(execution_id) == first.get_execution(execution_id)
+    assert api.Workspace().home == first.home
+
+
+def test_a_detached_run_uses_the_home_and_config_of_its_workspace(two_workspaces, wfctl_home):
+    first, _second, workflow = two_workspaces
+    execution_id = first.prepare(str(workflow))
+    first.start_detached(execution_id)
+    document = wait_for(lambda: (d := first.get_execution(execution_id))["status"] == "completed" and d,
+                        what="the detached run to complete")
+    assert document["steps"][0]["output"] == {"said": "SHOUT"}  # an agent only its config has
+    wait_for(lambda: not first.runner_alive(execution_id), what="the detached runner to exit")
+    assert first.traces("shouts")["count"] == 1
+    assert not wfctl_home.exists()
+
+
+def test_watch_follows_a_run_from_the_journal_until_it_ends(two_workspaces):
+    first, _second, workflow = two_workspaces
+    execution_id = first.prepare(str(workflow))
+    handle = first.handle(execution_id)
+    seen: list[str] = []
+    watching = threading.Event()
+    result: list[dict] = []
+    with handle.runner_lock():  # the test is the runner
+        state, intact = handle.read_state()
+        recorder = Recorder(handle, state, intact=intact)
+        recorder({"type": "execution.started", "at": now_iso()})
+        watcher = threading.Thread(target=lambda: result.append(first.watch(
+            execution_id, on_start=lambda _doc: watching.set(), on_event=lambda e, _s: seen.append(e["type"]),
+            poll=0.01,
+        )))
+        watcher.start()
+        assert watching.wait(20)
+        recorder(started("say"))
+        recorder(finished("say"))
+        recorder({"type": "execution.finished", "at": now_iso(), "status": "completed"})
+        recorder.close()
+    watcher.join(20)
+    assert not watcher.is_alive()
+    assert seen == ["step.started", "step.finished", "execution.finished"]
+    assert result[0]["status"] == "completed"
+    assert result[0]["steps"][0]["output"] == "say"
+    assert "journalOffset" not in result[0]

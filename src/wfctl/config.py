@@ -32,6 +32,8 @@ TEAM_STRATEGIES = ("round-robin", "all", "first-success")
 
 
 def config_path() -> Path:
+    """`$WFCTL_CONFIG`, else config.toml in the per-user config directory: the config
+    of a Workspace made without one. Resolved per call, never at import."""
     explicit = os.environ.get("WFCTL_CONFIG")
     if explicit:
         return Path(explicit).expanduser()
@@ -41,10 +43,10 @@ def config_path() -> Path:
 
 
 class Config:
-    """The parsed config file; `save()` writes it back atomically."""
+    """The parsed config file at `path` (a Workspace's); `save()` writes it back atomically."""
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path or config_path()
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
         self.data: dict[str, Any] = self._read()
 
     def _read(self) -> dict[str, Any]:
