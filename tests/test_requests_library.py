@@ -13,10 +13,10 @@ import pytest
 
 from lifecycle_helpers import spawn, wait_for
 from wfctl import api, faults
-from wfctl.control import Control
-from wfctl.record import ExecutionState, now_iso, read_journal
-from wfctl.runner import Recorder, runner_alive, runner_lock
-from wfctl.store import FileLock, Store, lock_is_held
+from wfctl.execution_dir import Requests
+from wfctl.record import now_iso, read_journal
+from wfctl.runner import Recorder
+from wfctl.store import FileLock, lock_is_held
 
 
 @pytest.fixture
@@ -28,13 +28,13 @@ def prepared(tmp_path) -> str:
 
 
 def test_a_cancel_that_comes_as_the_run_ends_otherwise_is_withdrawn_and_says_so(prepared):
-    store = Store()
-    with runner_lock(store, prepared):  # the test is the runner, finishing its last step
+    handle = api.Workspace().handle(prepared)
+    with handle.runner_lock():  # the test is the runner, finishing its last step
         state, intact = api.load_execution_state(prepared)
-        recorder = Recorder(store, prepared, state, intact=intact)
+        recorder = Recorder(handle, state, intact=intact)
         recorder({"type": "execution.started", "at": now_iso()})
         canceller = spawn("cancel", prepared, "--reason", "too late")
-        request = store.execution_dir(prepared) / "cancel.json"
+        request = handle.path / "cancel.json"
         wait_for(request.exists, what="the cancel request")
         # The run ends (completed) without having looked at the request.
         recorder({"type": "execution.finished", "at": now_iso(), "status": "completed"})
@@ -47,7 +47,7 @@ def test_a_cancel_that_comes_as_the_run_ends_otherwise_is_withdrawn_and_says_so(
 
 
 def test_a_cancel_request_the_record_shows_applied_is_dropped_and_a_newer_one_is_kept(tmp_path):
-    control = Control(tmp_path)
+    control = Requests(tmp_path)
     request = control.request_cancel("stop")
     cancelled = {"status": "cancelled", "cancelReason": "stop", "completedAt": now_iso()}
     control.drop_applied_cancel(cancelled)
@@ -63,10 +63,10 @@ def test_a_cancel_request_the_record_shows_applied_is_dropped_and_a_newer_one_is
 
 
 def test_a_journal_append_that_fails_half_way_leaves_the_journal_at_its_last_whole_line(prepared, monkeypatch):
-    store = Store()
-    journal = store.journal_path(prepared)
+    handle = api.Workspace().handle(prepared)
+    journal = handle.journal_path
     state, intact = api.load_execution_state(prepared)
-    recorder = Recorder(store, prepared, state, intact=intact)
+    recorder = Recorder(handle, state, intact=intact)
     recorder({"type": "execution.started", "at": now_iso()})
     whole = journal.read_bytes()
     monkeypatch.setitem(faults._ARMED, "short-journal", 1)  # the next append: half a line, then ENOSPC
@@ -78,21 +78,21 @@ def test_a_journal_append_that_fails_half_way_leaves_the_journal_at_its_last_who
     # The next runner (resume) appends after the last whole line: every line parses.
     state, intact = api.load_execution_state(prepared)
     assert intact == len(whole)
-    again = Recorder(store, prepared, state, intact=intact)
+    again = Recorder(handle, state, intact=intact)
     again({"type": "step.started", "at": now_iso(), "step": "a", "attempt": 1})
     again.close()
     events, length = read_journal(journal.read_bytes())
     assert [e["type"] for e in events] == ["execution.started", "step.started"]
     assert length == journal.stat().st_size
-    snapshot = json.loads((store.execution_dir(prepared) / "execution.json").read_text())
+    snapshot = json.loads((handle.path / "execution.json").read_text())
     assert snapshot["journalOffset"] == journal.stat().st_size
 
 
 def test_the_liveness_probe_reads_only_and_never_creates_the_lock(prepared):
-    store = Store()
-    lock_path = store.execution_dir(prepared) / "lock"
+    handle = api.Workspace().handle(prepared)
+    lock_path = handle.path / "lock"
     assert not lock_path.exists()
-    assert runner_alive(store, prepared) is False
+    assert handle.runner_alive() is False
     assert not lock_path.exists()  # a missing lock file means no runner; the probe made none
 
     holder = FileLock(lock_path, blocking=False)

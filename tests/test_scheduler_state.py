@@ -20,6 +20,7 @@ from wfctl.scheduler import (
     state_transaction,
 )
 from wfctl.store import FileLock, Store
+from wfctl.workspace import Workspace
 
 
 def at(text: str) -> datetime:
@@ -28,7 +29,7 @@ def at(text: str) -> datetime:
 
 @pytest.fixture
 def store(wfctl_home) -> Store:
-    store = Store()
+    store = Workspace().store
     store.init()
     return store
 
@@ -101,7 +102,7 @@ def test_find_schedules_reads_every_registered_workflow(store, workflow_file):
 def test_a_new_schedule_counts_from_when_it_is_first_seen(store, workflow_file):
     created = create(workflow_file, "fresh", "{every: 1m}")
     lines: list[str] = []
-    looker = Scheduler(store, Clock(at("2030-01-01T00:10:30Z")), lines.append)
+    looker = Scheduler(Workspace(home=store.root), Clock(at("2030-01-01T00:10:30Z")), lines.append)
     looker.tick(at("2030-01-01T00:10:30Z"))
     (entry,) = load_state(store)["schedules"].values()
     assert entry["workflowId"] == created["workflowId"] and entry["anchor"] == "2030-01-01T00:10:30Z"
@@ -111,7 +112,7 @@ def test_a_new_schedule_counts_from_when_it_is_first_seen(store, workflow_file):
 
 def test_a_look_that_is_not_due_writes_nothing(store, workflow_file):
     create(workflow_file, "idle", "{every: 1h}")
-    looker = Scheduler(store, Clock(), lambda line: None)
+    looker = Scheduler(Workspace(home=store.root), Clock(), lambda line: None)
     looker.tick(at("2030-01-01T00:10:00Z"))
     written = state_path(store).stat().st_mtime_ns, state_path(store).read_bytes()
     wait = looker.tick(at("2030-01-01T00:20:00Z"))

@@ -9,6 +9,7 @@ import stat
 import pytest
 
 from wfctl.errors import StoreError, UsageError
+from wfctl.execution_dir import ExecutionHandle
 from wfctl.store import FileLock, Store, check_execution_id, new_id, write_json_atomic
 
 
@@ -54,20 +55,19 @@ def test_store_paths_refuse_traversal(tmp_path):
     with pytest.raises(UsageError):
         store.execution_dir("exec_..")
     with pytest.raises(UsageError):
-        store.log_path(new_id("exec"), "../../escape")
+        ExecutionHandle(store, new_id("exec")).log_path("../../escape")
     with pytest.raises(UsageError):
         store.workflow_path("wf_../x")
 
 
 def test_symlinked_snapshot_is_not_followed(tmp_path):
-    store = Store(tmp_path / "home")
-    execution_id = new_id("exec")
-    store.create_execution_dir(execution_id)
+    handle = ExecutionHandle(Store(tmp_path / "home"), new_id("exec"))
+    handle.path.mkdir(parents=True)
     secret = tmp_path / "secret.json"
     secret.write_text('{"secret": true}')
-    os.symlink(secret, store.execution_dir(execution_id) / "execution.json")
+    os.symlink(secret, handle.snapshot_path)
     with pytest.raises(StoreError):
-        store.load_snapshot(execution_id)
+        handle.load_snapshot()
 
 
 def test_file_lock_is_exclusive(tmp_path):

@@ -47,6 +47,8 @@ class ConfigInvalid(WorkflowInvalid):
 
 
 def config_path() -> Path:
+    """`$WFCTL_CONFIG`, else config.toml in the per-user config directory: the config
+    of a Workspace made without one. Resolved per call, never at import."""
     explicit = os.environ.get("WFCTL_CONFIG")
     if explicit:
         return Path(explicit).expanduser()
@@ -56,14 +58,14 @@ def config_path() -> Path:
 
 
 class Config:
-    """The parsed config file; `save()` writes it back atomically.
+    """The parsed config file at `path` (a Workspace's); `save()` writes it back atomically.
 
     With `check` (the default) a file with problems raises `ConfigInvalid`; commands that
     repair the file read it with `check=False` and are held to "no new problem" by `save()`.
     """
 
-    def __init__(self, path: Path | None = None, *, check: bool = True) -> None:
-        self.path = path or config_path()
+    def __init__(self, path: Path, *, check: bool = True) -> None:
+        self.path = Path(path)
         self.text = ""
         self.data: dict[str, Any] = self._read()
         self.problems_at_read = self.problems(lines=True)

@@ -1,96 +1,26 @@
 """Steering a running execution from another process: cancel, pause and resume as files.
 
-`wfctl cancel` and `wfctl pause` write a request into the execution's directory; the
-process running it watches for requests (every WATCH_SECONDS) and acts on them. Files
-work across terminals, CI steps and reboots, need no server, and a request made while
-no runner is alive is still there when one starts again.
-
-A request is never cleared unread: a cancel request is removed only once a run has
-applied it and its record says so (the runner, or `cancel` itself for an execution
-that no process runs), or by the `cancel` that made it when the execution ended
-before anything applied it (and that `cancel` says so). A run starting (execute,
-a queued run, resume, retry) applies a cancel request it finds.
+`wfctl cancel` and `wfctl pause` write a request into the execution's directory (its
+handle's `Requests`, wfctl.execution_dir); the process running it watches for requests
+(every WATCH_SECONDS) and acts on them. Files work across terminals, CI steps and
+reboots, need no server, and a request made while no runner is alive is still there
+when one starts again. A run starting (execute, a queued run, resume, retry) applies
+a cancel request it finds.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 import threading
 import time
-from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from wfctl import events
 from wfctl.model import now_iso
-from wfctl.store import read_json, write_json_atomic
+
+if TYPE_CHECKING:
+    from wfctl.execution_dir import Requests
 
 WATCH_SECONDS = 0.1
-
-
-class Control:
-    """The request files of one execution directory."""
-
-    def __init__(self, execution_dir: Path) -> None:
-        self.cancel_path = execution_dir / "cancel.json"
-        self.pause_path = execution_dir / "pause.json"
-
-    def request_cancel(self, reason: str | None) -> dict:
-        """Ask for a cancel; returns the request (its `id` lets its maker withdraw it)."""
-        request = {"reason": reason, "at": now_iso(), "pid": os.getpid(), "id": secrets.token_hex(8)}
-        write_json_atomic(self.cancel_path, request)
-        return request
-
-    def withdraw_cancel(self, request: dict) -> bool:
-        """Remove `request` if it is still there, never applied (the execution ended
-        first); True if it was. Another process's newer request is left alone."""
-        current = self.cancel_request()
-        if current is None or current.get("id") != request.get("id"):
-            return False
-        self.clear_cancel()
-        return True
-
-    def drop_applied_cancel(self, document: dict) -> None:
-        """A request that the record shows applied is no request for a new run: the
-        runner that applied it died between recording the cancel and removing it."""
-        request = self.cancel_request()
-        if (
-            request is not None
-            and document.get("status") == "cancelled"
-            and request.get("reason") == document.get("cancelReason")
-            and str(request.get("at") or "") <= str(document.get("completedAt") or "")
-        ):
-            self.clear_cancel()
-
-    def request_pause(self) -> None:
-        write_json_atomic(self.pause_path, {"at": now_iso(), "pid": os.getpid()})
-
-    def clear_pause(self) -> bool:
-        try:
-            os.unlink(self.pause_path)
-            return True
-        except FileNotFoundError:
-            return False
-
-    def clear_cancel(self) -> None:
-        try:
-            os.unlink(self.cancel_path)
-        except FileNotFoundError:
-            pass
-
-    def cancel_request(self) -> dict | None:
-        if not os.path.exists(self.cancel_path):  # the common case, checked before every step
-            return None
-        try:
-            request = read_json(self.cancel_path)
-        except FileNotFoundError:
-            return None
-        except Exception:  # a request being written right now is read on the next look
-            return None
-        return request if isinstance(request, dict) else {"reason": None}
-
-    def pause_requested(self) -> bool:
-        return self.pause_path.exists()
 
 
 class Watcher:
@@ -100,7 +30,7 @@ class Watcher:
     the execution is `paused` once none is running. Removing the request resumes it.
     """
 
-    def __init__(self, control: Control, engine: Any, emit: Callable[[dict], None]) -> None:
+    def __init__(self, control: Requests, engine: Any, emit: Callable[[dict], None]) -> None:
         self.control = control
         self.engine = engine
         self.emit = emit

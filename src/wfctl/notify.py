@@ -19,7 +19,7 @@ Use from the engine:
 
     targets = targets_from(workflow.get("notifications"), email=opts.notify_email)
     if wanted(targets, "failed"):
-        results = send(targets, build_event("failed", document), Config().data)
+        results = send(targets, build_event("failed", document), config.data)
 
 `send` never raises: every transport's outcome comes back as a result, so a notification
 that cannot be delivered never fails a workflow. Importing this module is cheap: urllib,

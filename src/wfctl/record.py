@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from wfctl.errors import StoreError
 from wfctl.model import (
@@ -406,16 +406,26 @@ def _journal_event(line: bytes, source: str, line_number: int) -> dict:
     return event
 
 
-def apply_events(state: ExecutionState, events: Iterable[dict], *, source: str, first_line: int = 1) -> None:
-    """Apply journal events in order; an event the reducer cannot apply (a field
-    missing or of the wrong type) is reported with its file and line, never as a crash."""
-    for number, event in enumerate(events, start=first_line):
+def apply_events(
+    state: ExecutionState,
+    events: Iterable[dict],
+    *,
+    source: str,
+    line_of: Callable[[int], int] = lambda index: index + 1,
+    on_event: Callable[[dict, ExecutionState], None] | None = None,
+) -> None:
+    """Apply journal events in order (and tell `on_event` of each); an event the reducer
+    cannot apply (a field missing or of the wrong type) is reported with its file and line
+    (`line_of(index)`, asked only then), never as a crash."""
+    for index, event in enumerate(events):
         try:
             state.apply(event)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as err:
             raise StoreError(
-                f"{source} has an event wfctl cannot read at line {number} ({type(err).__name__}: {err})."
+                f"{source} has an event wfctl cannot read at line {line_of(index)} ({type(err).__name__}: {err})."
             ) from None
+        if on_event is not None:
+            on_event(event, state)
 
 
 def state_from_snapshot(document: Any, *, source: str) -> ExecutionState:

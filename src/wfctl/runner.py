@@ -19,20 +19,19 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from wfctl import events, faults
-from wfctl.errors import Conflict, ExecutionNotFound, StoreError
+from wfctl import events
+from wfctl.errors import StoreError
+from wfctl.execution_dir import ExecutionHandle, Requests
 from wfctl.executors import Executor, open_executor
 from wfctl.model import TERMINAL
 from wfctl.record import ExecutionState, build_trace
-from wfctl.store import FileLock, Store, lock_is_held, open_append, write_all
+from wfctl.store import Store
 
 if TYPE_CHECKING:
     from wfctl.model import Workflow
     from wfctl.runstate import Prior
 
-LOCK_TRIES = 10
 SNAPSHOT_INTERVAL = 1.0  # seconds between snapshot refreshes during a run
-JOURNAL_SYNC_INTERVAL = 0.2  # group commit: at most this long between journal fsyncs
 
 Listener = Callable[[dict, ExecutionState], None]
 
@@ -41,10 +40,9 @@ class Recorder:
     """The single consumer of engine events: journal line, document, listeners."""
 
     def __init__(
-        self, store: Store, execution_id: str, state: ExecutionState, *, intact: int | None = None, masker: Any = None
+        self, handle: ExecutionHandle, state: ExecutionState, *, intact: int | None = None, masker: Any = None
     ) -> None:
-        self.store = store
-        self.execution_id = execution_id
+        self.handle = handle
         self.state = state
         self.masker = masker
         self.listeners: list[Listener] = []
@@ -53,14 +51,8 @@ class Recorder:
         self.broken_at: str | None = None  # the step whose event could not be written
         self.on_broken: Callable[[str], None] | None = None
         self._lock = threading.Lock()
-        path = store.journal_path(execution_id)
-        if intact is not None and path.exists() and path.stat().st_size > intact:
-            # A torn last line (a runner killed mid-append) goes before anything is added.
-            os.truncate(path, intact)
-        self._journal = open_append(path)
-        self._offset = self._journal.seek(0, os.SEEK_END)
+        self._journal = handle.open_journal(intact)
         self._last_snapshot = time.monotonic()
-        self._last_sync = time.monotonic()
 
     def __call__(self, event: dict) -> None:
         text, event = encode_event(event)
@@ -72,52 +64,25 @@ class Recorder:
         with self._lock:
             if self.broken is None:
                 try:
-                    self._append(line)
+                    # In the OS before the engine goes on; every byte, or an error.
+                    self._journal.append(line)
                 except (OSError, StoreError) as err:
                     self._break(err, event)
             self.state.apply(event)
             if self.broken is None:
                 try:
-                    now = time.monotonic()
-                    if now - self._last_sync >= JOURNAL_SYNC_INTERVAL:
-                        self._sync()
-                        self._last_sync = now
-                    if now - self._last_snapshot >= SNAPSHOT_INTERVAL or event["type"].startswith("execution."):
+                    self._journal.commit()
+                    if time.monotonic() - self._last_snapshot >= SNAPSHOT_INTERVAL or event["type"].startswith("execution."):
                         self._snapshot(sync=False)
                 except (OSError, StoreError) as err:
                     self._break(err, event)
             for listener in self.listeners:
                 listener(event, self.state)
 
-    def _append(self, line: bytes) -> None:
-        faults.io_error("enospc-journal")
-        if faults.reached("mid-append"):
-            self._journal.write(line[: len(line) // 2])
-            os._exit(137)
-        try:
-            # Unbuffered: in the OS before the engine goes on; every byte, or an error.
-            write_all(self._journal.fileno(), line, fault="short-journal")
-        except OSError:
-            self._cut_back()
-            raise
-        self._offset += len(line)
-
-    def _cut_back(self) -> None:
-        """A failed append may have left part of its line on disk: the journal must end
-        at its last whole line, where the next append (or a resume) starts."""
-        try:
-            os.ftruncate(self._journal.fileno(), self._offset)
-        except OSError:
-            pass  # the append's own error is reported; a resume cuts a torn tail off too
-
-    def _sync(self) -> None:
-        faults.io_error("eio-fsync")
-        os.fsync(self._journal.fileno())
-
     def _break(self, err: Exception, event: dict | None = None) -> None:
         """The record cannot be written: say where, once, and stop the run. An fsync
         error is not retried: after one, what reached the disk is unknown."""
-        message = getattr(err, "message", None) or f"cannot write {self.store.journal_path(self.execution_id)}: {getattr(err, 'strerror', None) or err}"
+        message = getattr(err, "message", None) or f"cannot write {self.handle.journal_path}: {getattr(err, 'strerror', None) or err}"
         self.broken = message.rstrip(".")
         self.broken_at = (event or {}).get("step") or self.state.document.get("currentStep")
         if self.on_broken is not None:
@@ -132,15 +97,15 @@ class Recorder:
 
     def _snapshot(self, *, sync: bool) -> None:
         document = dict(self.state.document)
-        document["journalOffset"] = self._offset
-        self.store.save_snapshot(self.execution_id, document, sync=sync)
+        document["journalOffset"] = self._journal.offset  # readers apply the journal after it
+        self.handle.save_snapshot(document, sync=sync)
         self._last_snapshot = time.monotonic()
 
     def close(self) -> None:
         with self._lock:
             try:
                 if self.broken is None:
-                    self._sync()
+                    self._journal.sync()
                     self._snapshot(sync=True)
             except (OSError, StoreError) as err:
                 self._break(err, None)
@@ -166,70 +131,6 @@ def encode_event(event: dict) -> tuple[str, dict]:
 
         event = writable(event)
         return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False), event
-
-
-@contextmanager
-def runner_lock(store: Store, execution_id: str) -> Iterator[None]:
-    """Held by the process that runs an execution, for its whole life.
-
-    A lock that can be taken means no live runner: that is how a crashed run is told
-    from a running one, whatever its last written status says.
-    """
-    path = store.execution_dir(execution_id) / "lock"
-    if not path.parent.is_dir():
-        raise ExecutionNotFound(f"no execution with id {execution_id}.")
-    lock = FileLock(path, blocking=False)
-    # Readers probe liveness by taking the lock for an instant: a few quick tries tell
-    # such a probe from a runner that really holds it.
-    for _ in range(LOCK_TRIES):
-        if lock.acquire():
-            break
-        time.sleep(0.02)
-    else:
-        holder = _lock_holder(path)
-        raise Conflict(f"execution {execution_id} is already being run by process {holder}.")
-    try:
-        if not _still_in_place(lock.fd, path):
-            # `prune` removed the execution while this process waited for its lock.
-            raise ExecutionNotFound(f"no execution with id {execution_id} (it was just removed).")
-        os.ftruncate(lock.fd, 0)
-        os.lseek(lock.fd, 0, os.SEEK_SET)
-        write_all(lock.fd, json.dumps({"pid": os.getpid(), "startedAt": time.time()}).encode())
-        yield
-    finally:
-        lock.release()
-
-
-def _still_in_place(fd: int, path: Path) -> bool:
-    """Is the file open on `fd` still the one at `path` (not moved or removed)?"""
-    try:
-        found = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
-
-
-def lock_holder(store: Store, execution_id: str) -> str:
-    """The pid recorded by the process that holds (or last held) an execution."""
-    return _lock_holder(store.execution_dir(execution_id) / "lock")
-
-
-def _lock_holder(path: Path) -> str:
-    try:
-        return str(json.loads(path.read_text()).get("pid", "?"))
-    except (OSError, ValueError):
-        return "?"
-
-
-def runner_alive(store: Store, execution_id: str) -> bool:
-    """Does a process run this execution (hold its lock) right now? Works read-only."""
-    return lock_is_held(store.execution_dir(execution_id) / "lock")
-
-
-def runs_here(store: Store, execution_id: str) -> bool:
-    """Is this very process the execution's runner (an in-process step asking)?"""
-    return lock_holder(store, execution_id) == str(os.getpid()) and runner_alive(store, execution_id)
 
 
 @contextmanager
@@ -306,8 +207,7 @@ class RunOptions:
 
 
 def run_execution(
-    store: Store,
-    execution_id: str,
+    handle: ExecutionHandle,
     workflow: "Workflow",
     state: ExecutionState,
     run_input: dict,
@@ -319,18 +219,17 @@ def run_execution(
 ) -> dict:
     """Drive the engine for one execution while holding its runner lock.
 
-    The caller holds `runner_lock`. Returns the final execution document.
+    The caller holds the handle's runner lock. Returns the final execution document.
     """
     executor = open_executor(options.executor)
     try:
-        return _run_with(store, execution_id, workflow, state, run_input, options, prior, intact, preamble, executor)
+        return _run_with(handle, workflow, state, run_input, options, prior, intact, preamble, executor)
     finally:
         executor.close()
 
 
 def _run_with(
-    store: Store,
-    execution_id: str,
+    handle: ExecutionHandle,
     workflow: "Workflow",
     state: ExecutionState,
     run_input: dict,
@@ -347,13 +246,11 @@ def _run_with(
 
     document = state.document
     workflow_id = document["workflowId"]
-    exec_dir = store.execution_dir(execution_id)
-    check_not_symlinks(exec_dir, exec_dir / "logs", exec_dir / "events.jsonl")
-    for leftover in exec_dir.glob(".execution.json.*.tmp"):
-        leftover.unlink(missing_ok=True)  # a snapshot a crashed runner never renamed
+    store = handle.store
+    handle.prepare_for_run()
     secrets = resolve(workflow.secrets, base=options.base_dir)
     masker = Masker(secrets.values()) if secrets else None
-    recorder = Recorder(store, execution_id, state, intact=intact, masker=masker)
+    recorder = Recorder(handle, state, intact=intact, masker=masker)
     for event in preamble or ():
         recorder(event)
     if options.on_event is not None:
@@ -383,9 +280,9 @@ def _run_with(
 
     recorder.listeners.append(on_step_failure)
     settings = Settings(
-        execution_id=execution_id,
+        execution_id=handle.execution_id,
         workflow_id=workflow_id,
-        log_dir=exec_dir / "logs",
+        log_dir=handle.logs_dir,
         agents={**options.agents, **workflow.agents},
         teams={**options.teams, **workflow.teams},
         max_concurrency=options.max_concurrency,
@@ -403,9 +300,9 @@ def _run_with(
     engine = Engine(workflow, settings, recorder, prior=prior)
     # A record that cannot be written stops the run: no step starts that could not be kept.
     recorder.on_broken = lambda message: engine.cancel(message, status="failed")
-    from wfctl.control import Control, Watcher
+    from wfctl.control import Watcher
 
-    control = Control(exec_dir)
+    control = handle.requests
     control.drop_applied_cancel(state.document)
     watcher = Watcher(control, engine, recorder)
     # A cancel made before this run began (while it was queued, starting, or resuming)
@@ -467,7 +364,7 @@ def _run_with(
     return state.document
 
 
-def settle_requests(control: Any, document: dict) -> None:
+def settle_requests(control: Requests, document: dict) -> None:
     """Remove the requests this run answered, once its record is durable: the cancel
     it applied, and a pause that an execution which has ended no longer needs. A
     request the run did not answer (a cancel that came too late) stays for whoever
@@ -479,94 +376,8 @@ def settle_requests(control: Any, document: dict) -> None:
         control.clear_pause()
 
 
-def check_not_symlinks(*paths: Path) -> None:
-    """A symlink planted in the data directory is refused, never followed."""
-    for path in paths:
-        if path.is_symlink():
-            raise StoreError(f"{path} is a symbolic link; wfctl does not follow links inside its data directory.")
-
-
 def iso_after(epoch: float, seconds: float) -> str:
     from datetime import datetime, timezone
 
     moment = datetime.fromtimestamp(epoch + seconds, timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
-
-
-@contextmanager
-def run_slot(
-    store: Store, config: Any, document: dict, *, wait: bool, give_up: Callable[[], bool] = lambda: False
-) -> Iterator[None]:
-    """One of `defaults.max_running` run slots (flock'd files), when a limit is set.
-
-    Without `wait` (a foreground run) the run goes ahead even when every slot is taken.
-    With it (a detached run), the run waits in a queue served by priority, then age:
-    each waiter has a file in `queue/` named by its rank, and only the first live
-    waiter may take a free slot. A waiter stops waiting as soon as `give_up()` holds
-    (it was cancelled) and goes ahead without a slot: it starts no step.
-    """
-    limit = config.default("max_running")
-    if not limit:
-        yield
-        return
-    slots_dir = store.root / "slots"
-    queue_dir = store.root / "queue"
-    from wfctl.store import ensure_dir
-
-    ensure_dir(slots_dir)
-    ensure_dir(queue_dir)
-    execution_id = document["executionId"]
-    rank = f"{PRIORITY_RANK.get(document.get('priority') or 'normal', 1)}-{execution_id}"
-    entry = queue_dir / rank
-    held: FileLock | None = None
-    marker = store.execution_dir(execution_id) / "queued"
-    try:
-        if wait:
-            entry.touch(mode=0o600)
-            marker.touch(mode=0o600)
-        while True:
-            if not wait or _first_in_queue(store, queue_dir, rank):
-                for number in range(int(limit)):
-                    lock = FileLock(slots_dir / f"{number}.lock", blocking=False)
-                    if lock.acquire():
-                        held = lock
-                        break
-            if held is not None or not wait or give_up():
-                break
-            time.sleep(0.1)
-        for path in (entry, marker):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        yield
-    finally:
-        for path in (entry, marker):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        if held is not None:
-            held.release()
-
-
-def _first_in_queue(store: Store, queue_dir: Path, rank: str) -> bool:
-    """Is `rank` the first waiter whose runner is alive? Dead waiters are removed."""
-    for name in sorted(os.listdir(queue_dir)):
-        if name == rank:
-            return True
-        execution_id = name.split("-", 1)[-1]
-        try:
-            alive = runner_alive(store, execution_id)
-        except Exception:  # a name that is not an execution id is not a waiter
-            alive = False
-        if alive:
-            return False
-        try:
-            os.unlink(queue_dir / name)
-        except FileNotFoundError:
-            pass
-    return True

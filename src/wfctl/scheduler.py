@@ -51,6 +51,7 @@ from wfctl.schedules import (
     schedules_of,
 )
 from wfctl.store import FileLock, Store, is_workflow_id, read_json, write_json_atomic
+from wfctl.workspace import Workspace
 
 STATE_VERSION = 1
 TICK_SECONDS = 1.0  # the longest sleep: edits, pauses and clock jumps are seen within it
@@ -244,8 +245,9 @@ class Clock:
 class Scheduler:
     """Looks at every schedule about once a second and starts what is due."""
 
-    def __init__(self, store: Store, clock: Clock, log: Log, stop: threading.Event | None = None) -> None:
-        self.store = store
+    def __init__(self, workspace: Workspace, clock: Clock, log: Log, stop: threading.Event | None = None) -> None:
+        self.workspace = workspace
+        self.store = workspace.store
         self.clock = clock
         self.log = log
         self.stop = stop or threading.Event()
@@ -444,16 +446,15 @@ class Scheduler:
     def still_running(self, state: dict, workflow_id: str) -> list[str]:
         """The scheduled executions of a workflow that are running (their runner holds
         them) or starting (launched less than STARTING_SECONDS ago, no runner yet)."""
-        from wfctl.runner import runner_alive
-
         running = []
         for item in (state["workflows"].get(workflow_id) or {}).get("active") or []:
             execution_id = item.get("executionId") if isinstance(item, dict) else None
             if not execution_id:
                 continue
-            if runner_alive(self.store, execution_id):
+            handle = self.workspace.handle(execution_id)
+            if handle.runner_alive():
                 running.append(execution_id)
-            elif not self.store.journal_path(execution_id).exists() \
+            elif not handle.journal_path.exists() \
                     and time.time() - float(item.get("launchedAt") or 0) < STARTING_SECONDS:
                 running.append(execution_id)
         return running
@@ -475,18 +476,11 @@ class Scheduler:
                               if isinstance(item, dict) and item.get("executionId") in running]
         for item in ended:
             execution_id = item.get("executionId") if isinstance(item, dict) else None
-            if execution_id and not self.store.journal_path(execution_id).exists():
+            if execution_id and not self.workspace.handle(execution_id).journal_path.exists():
                 self.log(f"{schedule.workflow_name}: {execution_id} did not start: {self.runner_words(execution_id)}")
 
     def runner_words(self, execution_id: str) -> str:
-        from wfctl.store import read_bytes_nofollow
-
-        path = self.store.execution_dir(execution_id) / "runner.log"
-        try:  # only its end: the last line says why
-            data = read_bytes_nofollow(path, offset=max(path.stat().st_size - 2000, 0))
-        except (OSError, StoreError):
-            return "its runner left no output"
-        lines = data.decode("utf-8", "replace").strip().splitlines()
+        lines = self.workspace.handle(execution_id).runner_output().strip().splitlines()  # its end: the last line says why
         return lines[-1] if lines else "its runner left no output"
 
     def skip(self, schedule: Schedule, head: dict, running: str) -> None:
@@ -555,35 +549,27 @@ class Scheduler:
         """The document of an intent's execution, or None when it was never made. A
         directory without its snapshot is a `prepare` the scheduler died in: only this
         scheduler (it holds the lock) writes that id, so it is removed and made again."""
-        from wfctl import api
-
-        directory = self.store.execution_dir(execution_id)
-        if not directory.exists():
+        handle = self.workspace.handle(execution_id)
+        if not handle.path.exists():
             return None
-        if not (directory / "execution.json").exists():
-            shutil.rmtree(directory, ignore_errors=True)
+        if not handle.snapshot_path.exists():
+            shutil.rmtree(handle.path, ignore_errors=True)
             return None
-        return api.get_execution(execution_id)
+        return self.workspace.get_execution(execution_id)
 
     def never_started(self, execution_id: str, document: dict) -> bool:
-        from wfctl.runner import runner_alive
-
         return (not document.get("startedAt") and document.get("status") in ("pending", "interrupted")
-                and not runner_alive(self.store, execution_id))
+                and not self.workspace.handle(execution_id).runner_alive())
 
     def prepare(self, schedule: Schedule, intent: dict) -> None:
-        from wfctl import api
-
-        api.prepare(schedule.workflow_id, schedule.input, trigger="schedule",
+        self.workspace.prepare(schedule.workflow_id, schedule.input, trigger="schedule",
                     scheduled_at=intent["scheduledAt"], execution_id=intent["executionId"])
 
     def start(self, schedule: Schedule, intent: dict) -> None:
         """Launch the prepared execution's background runner, without waiting for it to
         take the execution (a Python start-up per run would hold up every other
         schedule): until it does, the run counts as starting (`still_running`)."""
-        from wfctl import api
-
-        api.start_detached(intent["executionId"], wait=0)
+        self.workspace.start_detached(intent["executionId"], wait=0)
 
     def not_yet(self, schedule: Schedule, intent: dict, message: str) -> bool:
         """A failure that may pass (a full disk): say so and try again later."""
@@ -623,11 +609,11 @@ class Scheduler:
 
 # -- commands -------------------------------------------------------------------------------
 def run_scheduler(*, now: datetime | None = None, until: datetime | None = None, once: bool = False,
-                  log: Log | None = None) -> None:
+                  log: Log | None = None, workspace: Workspace | None = None) -> None:
     """`wfctl scheduler`: run until SIGTERM or Ctrl-C (both end it cleanly)."""
     clock = Clock(now)
     stop = threading.Event()
-    scheduler = Scheduler(Store(), clock, log or stderr_log(clock), stop)
+    scheduler = Scheduler(workspace or Workspace(), clock, log or stderr_log(clock), stop)
     caught: list[str] = []
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -652,12 +638,12 @@ def stderr_log(clock: Clock) -> Log:
     return log
 
 
-def list_schedules(now: datetime | None = None) -> dict:
+def list_schedules(now: datetime | None = None, *, workspace: Workspace | None = None) -> dict:
     """`wfctl schedules --json`: every schedule, its next and last runs, paused or not."""
-    from wfctl import api
     from wfctl.errors import NotFound
 
-    store = Store()
+    workspace = workspace or Workspace()
+    store = workspace.store
     now = now or datetime.now(UTC)
     found = find_schedules(store)
     state = load_state(store)
@@ -670,7 +656,7 @@ def list_schedules(now: datetime | None = None) -> dict:
         last_run = dict(entry["lastRun"]) if entry.get("lastRun") else None
         if last_run is not None:
             try:
-                last_run["status"] = api.get_execution(last_run["executionId"]).get("status")
+                last_run["status"] = workspace.get_execution(last_run["executionId"]).get("status")
             except (NotFound, StoreError):
                 last_run["status"] = "removed"
         elements.append({
@@ -697,23 +683,21 @@ def list_schedules(now: datetime | None = None) -> dict:
     }
 
 
-def _scheduled_workflow(reference: str) -> dict:
+def _scheduled_workflow(workspace: Workspace, reference: str) -> dict:
     """A registered workflow that has `schedule:` (by id or name)."""
-    from wfctl.registry import Registry
-
-    record = Registry(Store()).resolve(reference)
+    record = workspace.registry().resolve(reference)
     if not entries_of(record["definition"]):
         raise Conflict(f"workflow '{record['definition'].get('name')}' ({record['workflowId']}) has no schedule; "
                        "add a schedule: section to its file and `wfctl create --update` it.")
     return record
 
 
-def pause(reference: str) -> dict:
+def pause(reference: str, *, workspace: Workspace | None = None) -> dict:
     """Pause a workflow's schedules (whether or not the scheduler is running): its due
     runs are skipped until `resume`. Runs already started go on."""
-    record = _scheduled_workflow(reference)
-    store = Store()
-    with state_transaction(store) as state:
+    workspace = workspace or Workspace()
+    record = _scheduled_workflow(workspace, reference)
+    with state_transaction(workspace.store) as state:
         flow = workflow_state(state, record["workflowId"])
         changed = not flow.get("paused")
         if changed:
@@ -723,13 +707,13 @@ def pause(reference: str) -> dict:
             "paused": True, "changed": changed}
 
 
-def resume(reference: str, now: datetime | None = None) -> dict:
+def resume(reference: str, now: datetime | None = None, *, workspace: Workspace | None = None) -> dict:
     """Resume a workflow's schedules from now: the run times that passed while it was
     paused are not caught up."""
-    record = _scheduled_workflow(reference)
-    store = Store()
+    workspace = workspace or Workspace()
+    record = _scheduled_workflow(workspace, reference)
     moment = now or datetime.now(UTC)
-    with state_transaction(store) as state:
+    with state_transaction(workspace.store) as state:
         flow = workflow_state(state, record["workflowId"])
         changed = bool(flow.pop("paused", None))
         flow.pop("pausedAt", None)
@@ -750,14 +734,13 @@ def resume(reference: str, now: datetime | None = None) -> dict:
 MAX_NEXT = 1000
 
 
-def next_runs(reference: str, *, count: int = 5, start: datetime | None = None) -> dict:
+def next_runs(reference: str, *, count: int = 5, start: datetime | None = None,
+              workspace: Workspace | None = None) -> dict:
     """The next `count` run times of each schedule of a workflow (registered, or a file,
     which is only read)."""
-    from wfctl import api
-
     if not 1 <= count <= MAX_NEXT:
         raise UsageError(f"--count must be between 1 and {MAX_NEXT}, not {count}.")
-    definition = api.definition_of(reference)
+    definition = (workspace or Workspace()).definition_of(reference)
     name = definition.get("name")
     if not entries_of(definition):
         raise Conflict(f"workflow '{name}' has no schedule; add a schedule: section to its file.")
@@ -867,7 +850,7 @@ def install(*, kind: str = "auto", write: bool = False) -> dict:
         if write:
             raise UsageError("--write only writes a systemd user unit, and there is no systemd here; "
                              "add the line `wfctl scheduler install` prints with `crontab -e`.")
-        return {"kind": "cron", "line": crontab_line(Store()), "path": None, "written": False,
+        return {"kind": "cron", "line": crontab_line(Workspace().store), "path": None, "written": False,
                 "commands": ["crontab -e"]}
     unit = systemd_unit()
     path = unit_path()

@@ -3,12 +3,11 @@
 Layout (design.md §4):
 
     workflows/<wf_id>.json                definition + metadata
-    executions/<exec_id>/execution.json   snapshot, replaced atomically
-    executions/<exec_id>/workflow.json    the exact definition the execution runs
-    executions/<exec_id>/events.jsonl     append-only journal
-    executions/<exec_id>/logs/<step>.log  captured output of every attempt
     workflows/deleted/<wf_id>.json        what a deleted workflow was (its history stays reachable)
+    executions/<exec_id>/                 one execution: see wfctl.execution_dir
     traces/<wf_id>/<exec_id>.json         the seed 000 trace of one run
+    teams/<wf_id>.json                    round-robin turns of a workflow's teams
+    slots/, queue/                        run slots and their queue (execution_dir.RunSlots)
 
 Every id is checked against an allow-list before it becomes part of a path, every
 write of a whole file is atomic (temp file in the same directory, fsync, rename),
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from wfctl import faults
-from wfctl.errors import ExecutionNotFound, StoreError, TraceNotFound, UsageError, WorkflowNotFound
+from wfctl.errors import StoreError, TraceNotFound, UsageError, WorkflowNotFound
 
 SCHEMA_VERSION = 1
 DIR_MODE = 0o700
@@ -42,7 +41,8 @@ _STEP_KEY = re.compile(r"[A-Za-z0-9_.\-\[\]@]{1,200}")
 
 
 def data_dir() -> Path:
-    """`$WFCTL_HOME`, else the per-user data directory. Resolved per call, never at import."""
+    """`$WFCTL_HOME`, else the per-user data directory: the home of a Workspace made
+    without one. Resolved per call, never at import."""
     home = os.environ.get("WFCTL_HOME")
     if home:
         return Path(home).expanduser()
@@ -264,10 +264,12 @@ def check_private(root: Path) -> None:
 
 
 class Store:
-    """All file access to one data directory."""
+    """All file access to one data directory, given by whoever holds it (a Workspace):
+    the store never looks at the environment. The files of one execution are its
+    `ExecutionHandle`'s (wfctl.execution_dir)."""
 
-    def __init__(self, root: Path | None = None) -> None:
-        self.root = Path(root) if root is not None else data_dir()
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
         check_private(self.root)
 
     # -- paths ---------------------------------------------------------------------------
@@ -288,9 +290,6 @@ class Store:
 
     def execution_dir(self, execution_id: str) -> Path:
         return self.executions_dir / check_execution_id(execution_id)
-
-    def log_path(self, execution_id: str, step_key: str) -> Path:
-        return step_file(self.execution_dir(execution_id) / "logs", step_key, ".log")
 
     def trace_path(self, workflow_id: str, trace_id: str) -> Path:
         return self.traces_dir / check_workflow_id(workflow_id) / f"{check_execution_id(trace_id)}.json"
@@ -359,16 +358,6 @@ class Store:
         return turn
 
     # -- executions ----------------------------------------------------------------------
-    def create_execution_dir(self, execution_id: str) -> Path:
-        self.init()
-        path = self.execution_dir(execution_id)
-        try:
-            path.mkdir(mode=DIR_MODE)
-        except FileExistsError:
-            raise StoreError(f"execution {execution_id} already exists.") from None
-        ensure_dir(path / "logs")
-        return path
-
     def execution_ids(self) -> list[str]:
         """Execution ids, newest first (ids sort by creation time)."""
         try:
@@ -376,36 +365,6 @@ class Store:
         except FileNotFoundError:
             return []
         return sorted((n for n in names if _EXECUTION_ID.fullmatch(n)), reverse=True)
-
-    def load_snapshot(self, execution_id: str) -> dict:
-        path = self.execution_dir(execution_id) / "execution.json"
-        try:
-            return read_json(path)
-        except FileNotFoundError:
-            raise ExecutionNotFound(f"no execution with id {execution_id}.") from None
-
-    def save_snapshot(self, execution_id: str, document: dict, *, sync: bool = True) -> None:
-        write_json_atomic(
-            self.execution_dir(execution_id) / "execution.json", document, sync=sync, compact=True, fault="snapshot"
-        )
-
-    def load_frozen_workflow(self, execution_id: str) -> dict:
-        from wfctl.errors import WorkflowInvalid
-        from wfctl.validate import path_name_problems
-
-        path = self.execution_dir(execution_id) / "workflow.json"
-        try:
-            frozen = read_json(path)
-        except FileNotFoundError:
-            raise ExecutionNotFound(f"no execution with id {execution_id}.") from None
-        # Its step ids and team members become log file names: checked where they are read.
-        problems = path_name_problems(frozen.get("definition") if isinstance(frozen, dict) else None, file=str(path))
-        if problems:
-            raise WorkflowInvalid(problems)
-        return frozen
-
-    def journal_path(self, execution_id: str) -> Path:
-        return self.execution_dir(execution_id) / "events.jsonl"
 
     # -- traces --------------------------------------------------------------------------
     def save_trace(self, workflow_id: str, trace: dict) -> None:
@@ -417,6 +376,13 @@ class Store:
             return read_json(self.trace_path(workflow_id, trace_id))
         except FileNotFoundError:
             raise TraceNotFound(f"no trace {trace_id} for workflow {workflow_id}.") from None
+
+    def remove_trace(self, workflow_id: str, trace_id: str) -> None:
+        """Remove a trace, if there is one."""
+        try:
+            os.unlink(self.trace_path(workflow_id, trace_id))
+        except (FileNotFoundError, UsageError):
+            pass
 
     def trace_summary(self, workflow_id: str, trace_id: str) -> dict:
         """A trace's fields before `response` (id, status, run_date, duration, ...),

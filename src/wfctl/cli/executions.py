@@ -237,10 +237,8 @@ def resume(
 ) -> None:
     """Continue a paused execution, or one whose runner died (crash, kill, reboot)."""
     from wfctl import api
-    from wfctl.runner import runner_alive
-    from wfctl.store import Store
 
-    if runner_alive(Store(), execution_id):
+    if api.runner_alive(execution_id):
         document = api.resume(execution_id)
         if json:
             emit_json(document)

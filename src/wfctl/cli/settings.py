@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -10,20 +10,34 @@ from wfctl.cli.options import Json
 from wfctl.cli.output import emit_json, say, shown_cell, stdout_console
 from wfctl.errors import UsageError
 
+if TYPE_CHECKING:
+    from wfctl.api import Workspace
 config_app = typer.Typer(help="Read and change config.toml (defaults, SMTP, Slack webhook, executor).", no_args_is_help=True)
 agent_app = typer.Typer(help="Agents in config.toml: named workers that task steps use.", no_args_is_help=True)
 team_app = typer.Typer(help="Teams in config.toml: groups of agents that team steps use.", no_args_is_help=True)
 
 
+def _workspace() -> Workspace:
+    """The default Workspace: its config is `$WFCTL_CONFIG`, else the per-user one."""
+    from wfctl.api import Workspace
+
+    return Workspace()
+
+
+def _config(*, check: bool = True) -> Config:
+    """config.toml of the default Workspace, as it is now (`check=False`: a file with
+    problems, for the commands that repair it)."""
+    return _workspace().load_config(check=check)
+
+
 @config_app.command("path")
 def config_path(json: Json = False) -> None:
     """Print where config.toml is."""
-    from wfctl.config import config_path as path
-
+    path = _workspace().config_path
     if json:
-        emit_json({"path": str(path())})
+        emit_json({"path": str(path)})
     else:
-        typer.echo(str(path()))
+        typer.echo(str(path))
 
 
 @config_app.command("get")
@@ -32,9 +46,7 @@ def config_get(
     json: Json = False,
 ) -> None:
     """Print a value of config.toml (or the whole file)."""
-    from wfctl.config import Config
-
-    config = Config()
+    config = _config()
     value = config.data if key is None else config.get(key)
     if json:
         emit_json({"key": key, "value": value} if key else value)
@@ -53,9 +65,9 @@ def config_set(
     json: Json = False,
 ) -> None:
     """Set a value in config.toml."""
-    from wfctl.config import Config, parse_config_value
+    from wfctl.config import parse_config_value
 
-    config = Config(check=False)  # a file with problems can be repaired with `config set`
+    config = _config(check=False)  # a file with problems can be repaired with `config set`
     parsed = parse_config_value(value)
     config.set(key, parsed)
     if json:
@@ -71,9 +83,7 @@ def config_unset(
     json: Json = False,
 ) -> None:
     """Remove a value from config.toml (its built-in default applies again)."""
-    from wfctl.config import Config
-
-    config = Config(check=False)
+    config = _config(check=False)
     config.unset(key)
     if json:
         emit_json({"key": key, "removed": True, "path": str(config.path)})
@@ -97,12 +107,10 @@ def agent_add(
     json: Json = False,
 ) -> None:
     """Add (or replace) an agent in config.toml."""
-    from wfctl.config import Config
-
     given = {k: v for k, v in (("run", run), ("python", python), ("http", http)) if v is not None}
     if len(given) != 1:
         raise UsageError("give exactly one of --run, --python or --http.")
-    config = Config(check=False)
+    config = _config(check=False)
     config.add_agent(name, given)
     if json:
         emit_json({"name": name, **given})
@@ -114,9 +122,7 @@ def agent_add(
 @agent_app.command("list")
 def agent_list(json: Json = False) -> None:
     """List the agents of config.toml."""
-    from wfctl.config import Config
-
-    agents = Config().agents
+    agents = _config().agents
     if json:
         emit_json({name: definition for name, definition in sorted(agents.items())})
         return
@@ -135,9 +141,7 @@ def agent_list(json: Json = False) -> None:
 @agent_app.command("remove")
 def agent_remove(name: Annotated[str, typer.Argument(help="The agent's name.")], json: Json = False) -> None:
     """Remove an agent from config.toml."""
-    from wfctl.config import Config
-
-    config = Config(check=False)  # removing a broken agent is how a person repairs the file
+    config = _config(check=False)  # removing a broken agent is how a person repairs the file
     config.remove_agent(name)
     if json:
         emit_json({"removed": name})
@@ -154,9 +158,7 @@ def team_add(
     json: Json = False,
 ) -> None:
     """Add (or replace) a team in config.toml."""
-    from wfctl.config import Config
-
-    config = Config(check=False)
+    config = _config(check=False)
     config.add_team(name, member, strategy)
     if json:
         emit_json({"name": name, "members": member, "strategy": strategy})
@@ -168,9 +170,7 @@ def team_add(
 @team_app.command("list")
 def team_list(json: Json = False) -> None:
     """List the teams of config.toml."""
-    from wfctl.config import Config
-
-    teams = Config().teams
+    teams = _config().teams
     if json:
         emit_json({name: team for name, team in sorted(teams.items())})
         return
@@ -187,9 +187,7 @@ def team_list(json: Json = False) -> None:
 @team_app.command("remove")
 def team_remove(name: Annotated[str, typer.Argument(help="The team's name.")], json: Json = False) -> None:
     """Remove a team from config.toml."""
-    from wfctl.config import Config
-
-    config = Config(check=False)
+    config = _config(check=False)
     config.remove_team(name)
     if json:
         emit_json({"removed": name})
