@@ -66,7 +66,7 @@ def skeleton_step(step: Step) -> dict:
 def new_document(
     *,
     execution_id: str,
-    workflow: Workflow,
+    workflow: Workflow | dict,
     workflow_id: str,
     input: dict,
     priority: str,
@@ -76,6 +76,10 @@ def new_document(
     """The pending document of a new execution. `trigger` says who started it: "manual"
     (a person or a script) or "schedule" (`wfctl scheduler`, which also records the run
     time it was due at as `scheduledAt`)."""
+    if not isinstance(workflow, Workflow):  # a valid definition: its model
+        from wfctl.model import build_workflow
+
+        workflow = build_workflow(workflow)
     steps = [skeleton_step(step) for step in workflow.steps]
     document = {
         "executionId": execution_id,
