@@ -12,6 +12,8 @@ from wfctl.errors import UsageError
 
 if TYPE_CHECKING:
     from wfctl.api import Workspace
+    from wfctl.config import Config
+
 config_app = typer.Typer(help="Read and change config.toml (defaults, SMTP, Slack webhook, executor).", no_args_is_help=True)
 agent_app = typer.Typer(help="Agents in config.toml: named workers that task steps use.", no_args_is_help=True)
 team_app = typer.Typer(help="Teams in config.toml: groups of agents that team steps use.", no_args_is_help=True)
